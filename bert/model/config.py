@@ -1,0 +1,104 @@
+"""`BertConfig`: the model's shape, with Hugging Face field names.
+
+This dataclass is both the `model:` section of a run config (loaded from YAML, see `bert.config`) and the
+`config.json` of a saved model, which `transformers.BertConfig` reads unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+# Fields we write to config.json that are not ours; `transformers` needs them to pick the right class.
+_HF_EXTRA = {"model_type": "bert"}
+
+
+@dataclass
+class BertConfig:
+    """Shape and regularisation of a BERT encoder (Hugging Face names)."""
+
+    vocab_size: int = 30522
+    """Number of WordPiece tokens in the vocabulary; must match the tokenizer."""
+    hidden_size: int = 768
+    """Width H of every token's hidden state."""
+    num_hidden_layers: int = 12
+    """Number L of encoder layers."""
+    num_attention_heads: int = 12
+    """Number A of attention heads; hidden_size must be divisible by it."""
+    intermediate_size: int = 3072
+    """Width of the feed-forward layer, 4H in BERT."""
+    hidden_act: str = "gelu"
+    """Activation of the feed-forward layer and the MLM transform: gelu (exact erf) or gelu_new (tanh)."""
+    hidden_dropout_prob: float = 0.1
+    """Dropout on embeddings and on the output of every sub-layer."""
+    attention_probs_dropout_prob: float = 0.1
+    """Dropout on the attention probabilities."""
+    max_position_embeddings: int = 512
+    """Longest sequence the position embeddings cover."""
+    type_vocab_size: int = 2
+    """Number of segment ids (token_type_ids): 2 for sentence A and B."""
+    initializer_range: float = 0.02
+    """Standard deviation of the normal initialisation of weights."""
+    layer_norm_eps: float = 1e-12
+    """Epsilon of every LayerNorm."""
+    pad_token_id: int = 0
+    """Id of [PAD]."""
+    position_embedding_type: str = "absolute"
+    """Only 'absolute' (learned) positions are supported."""
+    attn_implementation: Literal["eager", "sdpa", "unpadded"] = "sdpa"
+    """Attention path: eager (explicit scores, can return probabilities), sdpa (PyTorch fused kernel),
+    unpadded (pad tokens removed, variable-length attention on real tokens only)."""
+    pre_layer_norm: bool = False
+    """Pre-LayerNorm layers (LayerNorm before each sub-layer) instead of BERT's post-LayerNorm."""
+    classifier_dropout: float | None = None
+    """Dropout before the sequence-classification head; None uses hidden_dropout_prob."""
+    num_labels: int = 2
+    """Outputs of the sequence-classification head (1 means regression)."""
+    problem_type: str | None = None
+    """'regression' or 'single_label_classification' for the classification head; None infers it."""
+    architectures: list[str] = field(default_factory=lambda: ["BertForPreTraining"])
+    """Class names written to config.json for `transformers`."""
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"model.hidden_size ({self.hidden_size}) must be divisible by "
+                f"model.num_attention_heads ({self.num_attention_heads})"
+            )
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BertConfig:
+        """Build from a dict such as a Hugging Face config.json; keys we do not model are ignored."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in names}
+        if kwargs.get("attn_implementation") not in (None, "eager", "sdpa", "unpadded"):
+            kwargs.pop("attn_implementation")
+        if "id2label" in data and "num_labels" not in data:
+            kwargs["num_labels"] = len(data["id2label"])
+        return cls(**kwargs)
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write config.json in the layout `transformers.BertConfig.from_pretrained` reads."""
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        data = {**_HF_EXTRA, **self.to_dict()}
+        data["id2label"] = {str(i): f"LABEL_{i}" for i in range(self.num_labels)}
+        data["label2id"] = {f"LABEL_{i}": i for i in range(self.num_labels)}
+        (path / "config.json").write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> BertConfig:
+        path = Path(directory) / "config.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no config.json in the model folder")
+        return cls.from_dict(json.loads(path.read_text()))

@@ -1,0 +1,214 @@
+"""Config loading: YAML sections, presets, inheritance, dotted overrides and one-line errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bert.config import (
+    ConfigError,
+    FinetuneConfig,
+    PretrainConfig,
+    config_keys,
+    field_docs,
+    load_config,
+    save_config,
+)
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_defaults_without_file():
+    cfg = load_config(PretrainConfig)
+    assert cfg.model.hidden_size == 768
+    assert cfg.train.max_steps == 1000
+    assert cfg.optimizer.betas == (0.9, 0.999)
+
+
+def test_yaml_sections_and_overrides(tmp_path):
+    path = write(
+        tmp_path / "c.yaml", "model:\n  hidden_size: 64\n  num_attention_heads: 2\ntrain:\n  max_steps: 7\n"
+    )
+    cfg = load_config(
+        PretrainConfig, path, ["train.max_steps=100", "model.hidden_size=256", "optimizer.lr=3e-4"]
+    )
+    assert cfg.train.max_steps == 100
+    assert cfg.model.hidden_size == 256
+    assert cfg.model.num_attention_heads == 2
+    assert cfg.optimizer.lr == pytest.approx(3e-4)
+
+
+def test_override_values_are_yaml(tmp_path):
+    cfg = load_config(
+        PretrainConfig,
+        None,
+        [
+            "logging.trackers=[tensorboard, wandb]",
+            "data.nsp=false",
+            "train.init_from=null",
+            "optimizer.betas=[0.9, 0.98]",
+        ],
+    )
+    assert cfg.logging.trackers == ["tensorboard", "wandb"]
+    assert cfg.data.nsp is False
+    assert cfg.train.init_from is None
+    assert cfg.optimizer.betas == (0.9, 0.98)
+
+
+@pytest.mark.parametrize(
+    "name, layers, hidden, heads",
+    [
+        ("tiny", 2, 128, 2),
+        ("mini", 4, 256, 4),
+        ("small", 4, 512, 8),
+        ("medium", 8, 512, 8),
+        ("base", 12, 768, 12),
+        ("large", 24, 1024, 16),
+    ],
+)
+def test_model_presets(name, layers, hidden, heads):
+    cfg = load_config(PretrainConfig, None, [f"model={name}"])
+    m = cfg.model
+    assert (m.num_hidden_layers, m.hidden_size, m.num_attention_heads) == (layers, hidden, heads)
+    assert m.intermediate_size == 4 * hidden
+    assert (m.vocab_size, m.max_position_embeddings) == (30522, 512)
+
+
+def test_preset_in_file_with_override_inside_it(tmp_path):
+    path = write(tmp_path / "c.yaml", "model: mini\n")
+    cfg = load_config(PretrainConfig, path, ["model.num_hidden_layers=2"])
+    assert cfg.model.hidden_size == 256
+    assert cfg.model.num_hidden_layers == 2
+
+
+def test_preset_plus_fields_in_file(tmp_path):
+    path = write(tmp_path / "c.yaml", "model:\n  _preset: tiny\n  hidden_dropout_prob: 0.0\n")
+    cfg = load_config(PretrainConfig, path)
+    assert cfg.model.hidden_size == 128 and cfg.model.hidden_dropout_prob == 0.0
+
+
+def test_base_inheritance(tmp_path):
+    write(tmp_path / "phase1.yaml", "model: tiny\ndata:\n  max_seq_length: 128\ntrain:\n  max_steps: 10\n")
+    child = write(tmp_path / "phase2.yaml", "base: phase1.yaml\ndata:\n  max_seq_length: 512\n")
+    cfg = load_config(PretrainConfig, child)
+    assert cfg.data.max_seq_length == 512
+    assert cfg.train.max_steps == 10
+    assert cfg.model.hidden_size == 128
+
+
+def test_inheritance_loop_is_an_error(tmp_path):
+    write(tmp_path / "a.yaml", "base: b.yaml\n")
+    write(tmp_path / "b.yaml", "base: a.yaml\n")
+    with pytest.raises(ConfigError, match="loops back"):
+        load_config(PretrainConfig, tmp_path / "a.yaml")
+
+
+def test_unknown_key_names_closest(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(PretrainConfig, None, ["train.max_step=5"])
+    assert str(err.value).startswith("unknown config key 'train.max_step'; did you mean 'train.max_steps'")
+
+
+def test_unknown_key_in_file(tmp_path):
+    path = write(tmp_path / "c.yaml", "model:\n  hiden_size: 3\n")
+    with pytest.raises(
+        ConfigError, match=r"unknown config key 'model.hiden_size'; did you mean 'model.hidden_size'"
+    ):
+        load_config(PretrainConfig, path)
+
+
+def test_unknown_section(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown config key 'trian'; did you mean 'train'"):
+        load_config(PretrainConfig, None, ["trian.max_steps=5"])
+
+
+def test_unknown_key_without_close_match_lists_valid_keys():
+    with pytest.raises(ConfigError, match=r"valid keys: .*logging\.trackers"):
+        load_config(PretrainConfig, None, ["logging.zzzzzz=1"])
+
+
+def test_wrong_type_names_field_and_type():
+    with pytest.raises(ConfigError) as err:
+        load_config(PretrainConfig, None, ["train.max_steps=abc"])
+    assert str(err.value) == "train.max_steps: expected int, got str 'abc'"
+    assert "\n" not in str(err.value)
+
+
+def test_wrong_type_bool_and_literal():
+    with pytest.raises(ConfigError, match=r"data.nsp: expected bool, got int 3"):
+        load_config(PretrainConfig, None, ["data.nsp=3"])
+    with pytest.raises(
+        ConfigError, match=r"train.mixed_precision: expected one of 'no' \| 'fp16' \| 'bf16', got 'fp8'"
+    ):
+        load_config(PretrainConfig, None, ["train.mixed_precision=fp8"])
+
+
+def test_float_accepts_int_but_int_rejects_float():
+    cfg = load_config(PretrainConfig, None, ["optimizer.lr=1"])
+    assert cfg.optimizer.lr == 1.0 and isinstance(cfg.optimizer.lr, float)
+    with pytest.raises(ConfigError, match=r"train.batch_size: expected int, got float 1.5"):
+        load_config(PretrainConfig, None, ["train.batch_size=1.5"])
+
+
+def test_missing_file():
+    with pytest.raises(ConfigError, match=r"config file not found: .*nope.yaml"):
+        load_config(PretrainConfig, "nope.yaml")
+
+
+def test_missing_preset_lists_presets():
+    with pytest.raises(ConfigError, match=r"model: no preset named 'huge'.*presets: .*base"):
+        load_config(PretrainConfig, None, ["model=huge"])
+
+
+def test_bad_override_syntax():
+    with pytest.raises(ConfigError, match="not of the form key=value"):
+        load_config(PretrainConfig, None, ["train.max_steps"])
+
+
+def test_invalid_yaml_names_line(tmp_path):
+    path = write(tmp_path / "c.yaml", "train:\n  max_steps: [1,\n")
+    with pytest.raises(ConfigError, match=r"c.yaml \(line \d+\): not valid YAML"):
+        load_config(PretrainConfig, path)
+
+
+def test_model_validation_is_one_line():
+    with pytest.raises(ConfigError, match="must be divisible"):
+        load_config(PretrainConfig, None, ["model.hidden_size=100", "model.num_attention_heads=3"])
+
+
+def test_save_and_reload_round_trip(tmp_path):
+    cfg = load_config(PretrainConfig, None, ["model=mini", "train.max_steps=3", "optimizer.betas=[0.9,0.98]"])
+    save_config(cfg, tmp_path / "config.yaml")
+    assert load_config(PretrainConfig, tmp_path / "config.yaml") == cfg
+
+
+def test_finetune_defaults_and_overrides():
+    cfg = load_config(FinetuneConfig, None, ["task.name=rte", "train.seeds=[1,2,3]", "model_path=some/dir"])
+    assert cfg.task.name == "rte" and cfg.train.seeds == [1, 2, 3] and cfg.model_path == "some/dir"
+    assert cfg.optimizer.lr == pytest.approx(5e-5)
+
+
+def test_every_field_is_documented():
+    for cls in (PretrainConfig, FinetuneConfig):
+        docs = field_docs(cls)
+        assert set(docs) == set(config_keys(cls))
+        undocumented = [k for k, v in docs.items() if not v]
+        assert undocumented == []
+
+
+@pytest.mark.parametrize(
+    "path", sorted(Path(__file__).resolve().parent.parent.glob("configs/pretrain/*.yaml"))
+)
+def test_shipped_pretrain_configs_load(path):
+    load_config(PretrainConfig, path)
+
+
+@pytest.mark.parametrize(
+    "path", sorted(Path(__file__).resolve().parent.parent.glob("configs/finetune/*.yaml"))
+)
+def test_shipped_finetune_configs_load(path):
+    load_config(FinetuneConfig, path)
