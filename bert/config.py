@@ -46,6 +46,8 @@ class SyntheticConfig:
     """Number of documents to generate."""
     seed: int = 0
     """Seed of the generator; the same seed gives the same text."""
+    num_topics: int = 8
+    """Topics (1-8), each with its own content words; documents of different topics share none."""
 
 
 @dataclass
@@ -60,9 +62,12 @@ class DataConfig:
     """Where `bert prepare` writes (a sub-folder named by a hash of the inputs and settings)."""
     format: Literal["auto", "text", "jsonl", "csv", "parquet", "hf"] = "auto"
     """Input format; 'auto' decides from each file's extension."""
-    layout: Literal["auto", "google", "free", "document_per_file"] = "auto"
-    """Text layout: google (a sentence a line, blank line between documents), free (paragraphs split into
-    sentences), document_per_file; 'auto' detects it per file."""
+    layout: Literal["auto", "google", "free"] = "auto"
+    """Text layout: google (a sentence a line, blank line between documents), free (hard-wrapped paragraphs or
+    one paragraph a line, split into sentences by rules); 'auto' detects it per file."""
+    document_per_file: bool | None = None
+    """True: every text file is one document; False: blank lines also end documents in free text; None: the
+    layout's default (google: blank lines end documents; free: a file is one document)."""
     text_column: str = "text"
     """Column holding the text in JSONL, CSV, Parquet and Hugging Face datasets."""
     trust_remote_code: bool = False
@@ -96,7 +101,7 @@ class DataConfig:
     validation_fraction: float = 0.01
     """Fraction of documents held out for evaluation."""
     num_proc: int | None = None
-    """Worker processes for `datasets.map`; None uses the available cores."""
+    """Worker processes for `datasets.map`; None uses the available cores (one process for small inputs)."""
     seed: int = 12345
     """Seed of pairing and static masking."""
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
@@ -165,6 +170,16 @@ class TrainConfig:
     """DataLoader worker processes."""
     max_nonfinite_steps: int = 10
     """Stop after this many consecutive steps with a non-finite loss or gradient norm."""
+    eval_at_start: bool = False
+    """Also evaluate before the first step (a baseline for the curves)."""
+    record_example_ids: bool = False
+    """Append the (epoch, id) of every consumed training example to <output_dir>/example_ids_rank<r>.jsonl
+    (an audit of the data order; used by the resume tests)."""
+    debug_nan_at_step: int | None = None
+    """Testing aid: at this step, process 0 writes NaN into its gradients (the NaN guard must skip it)."""
+    debug_signal: str | None = None
+    """Testing aid: 'SIGTERM@5' sends the signal to this process in the middle of step 5 (after its first
+    backward); 'SIGTERM@eval:4' during the evaluation after step 4; SIGINT and SIGKILL work too."""
 
 
 @dataclass
@@ -222,6 +237,10 @@ class TaskConfig:
     """Regression (one output, MSE loss) instead of classification (None: the task's default)."""
     metric: str | None = None
     """Metric that picks the best model (None: the task's default, e.g. f1 for MRPC, pearson for STS-B)."""
+    synthetic: SyntheticConfig = field(default_factory=lambda: SyntheticConfig(num_documents=400, seed=1))
+    """Documents of the built-in `synthetic` task (name: synthetic): pairs labelled 1 when same topic."""
+    synthetic_pairs: int = 2000
+    """Training pairs of the synthetic task; dev and test get a fifth of this each."""
 
 
 @dataclass
@@ -243,9 +262,25 @@ class FinetuneTrainConfig:
     group_by_length: bool = True
     """Batch sequences of similar length together to cut padding."""
     eval_every_epoch: bool = True
-    """Evaluate on the dev split after every epoch."""
+    """Evaluate on the dev split after every epoch (off: only after the last; the last model is kept)."""
     num_workers: int = 0
     """DataLoader worker processes."""
+    eval_batch_size: int = 128
+    """Sequences per evaluation batch (no gradients, so larger than batch_size)."""
+    mega_batch: int = 50
+    """Length grouping: shuffle, cut into chunks of this many batches, sort each chunk by length."""
+    pad_to_multiple_of: int | None = None
+    """Pad each batch to the longest sequence rounded up to this multiple (None: exactly the longest)."""
+    num_threads: int | None = None
+    """CPU threads of torch per process (None: the available cores divided among local processes)."""
+    save_model: bool = True
+    """Save the best model (Hugging Face layout, with the tokenizer) under <run>/best."""
+    predict_test: bool = True
+    """Write predictions for the test split(s) with the best model when the task has them."""
+    log_every: int = 20
+    """Log the training loss and learning rate to the trackers every N optimizer steps."""
+    cache_dir: str | None = "data/finetune_cache"
+    """Where tokenised splits are cached between runs (None: tokenise in memory every run)."""
 
 
 @dataclass

@@ -1,0 +1,213 @@
+"""`bert bench`: training-step throughput of our BertForPreTraining against transformers', side by side.
+
+Both models get the same config, the same weights (ours copied into the reference through the state dict, the
+key names being identical), the same batch and the same optimizer (torch AdamW, default settings), and run
+alternately in one process: warm-up steps for each, then ours, reference, ours, reference, ...; the figure
+of each is the median step time. A step is forward + loss + backward + AdamW step + zero_grad, in train mode
+(dropout on). Ours runs the MLM head at the masked positions only and uses `--attn`; the reference is
+`transformers.BertForPreTraining` with its default attention, computing its MLM loss on (B, T, V) logits with
+-100 labels, as its users do. Tokens/s counts REAL (non-pad) tokens for both: the same batch, so the ratio is
+the same on any basis.
+
+The batch imitates Google's pretraining data: sentence pairs filling the sequence 90% of the time and a
+random shorter target (short_seq_prob 0.1) otherwise, each pair falling short of its target by a random
+amount as sentence boundaries and the NSP random-B truncation do (about 75% real tokens); 15% of the real
+tokens are masked (at most 20 per 128), P = the batch's largest count, unused slots position 0 / label -100.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import time
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+
+
+def realistic_batch(
+    batch_size: int, seq_len: int, vocab_size: int, generator: torch.Generator, masked_lm_prob: float = 0.15
+) -> dict[str, torch.Tensor]:
+    """A pretraining batch with realistic lengths: see the module docstring. Ids avoid 0..4 (specials)."""
+
+    def uniform() -> float:
+        return float(torch.rand((), generator=generator))
+
+    max_predictions = max(1, round(seq_len * masked_lm_prob * 20 / 19.2))  # 20 for 128, Google's setting
+    rows = []
+    for _ in range(batch_size):
+        target = seq_len if uniform() >= 0.1 else 8 + int(uniform() * (seq_len - 8))
+        length = max(5, math.ceil(target * (0.6 + 0.4 * uniform())))
+        split = 1 + max(1, int((length - 3) * (0.2 + 0.6 * uniform())))  # [CLS] A [SEP] | B [SEP]
+        ids = torch.randint(5, vocab_size, (length,), generator=generator)
+        ids[0], ids[split], ids[-1] = 2, 3, 3
+        types = torch.zeros(length, dtype=torch.long)
+        types[split + 1 :] = 1
+        candidates = [i for i in range(1, length) if i != split and i != length - 1]
+        count = min(max_predictions, max(1, round(len(candidates) * masked_lm_prob)))
+        pick = torch.randperm(len(candidates), generator=generator)[:count]
+        positions = torch.tensor(sorted(candidates[i] for i in pick.tolist()))
+        rows.append((ids, types, positions))
+    pad_to = max(len(r[0]) for r in rows)
+    pad_to = min(seq_len, -(-pad_to // 8) * 8)
+    p = max(len(r[2]) for r in rows)
+    batch = {
+        "input_ids": torch.zeros(batch_size, pad_to, dtype=torch.long),
+        "token_type_ids": torch.zeros(batch_size, pad_to, dtype=torch.long),
+        "attention_mask": torch.zeros(batch_size, pad_to, dtype=torch.long),
+        "masked_lm_positions": torch.zeros(batch_size, p, dtype=torch.long),
+        "masked_lm_labels": torch.full((batch_size, p), -100, dtype=torch.long),
+        "next_sentence_label": torch.randint(0, 2, (batch_size,), generator=generator),
+    }
+    for b, (ids, types, positions) in enumerate(rows):
+        n = len(ids)
+        batch["masked_lm_positions"][b, : len(positions)] = positions
+        batch["masked_lm_labels"][b, : len(positions)] = ids[positions]
+        ids = ids.clone()
+        ids[positions] = 4  # [MASK]
+        batch["input_ids"][b, :n] = ids
+        batch["token_type_ids"][b, :n] = types
+        batch["attention_mask"][b, :n] = 1
+    return batch
+
+
+def _hf_labels(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The same MLM targets in Hugging Face's (B, T) form: the token id at masked positions, -100 elsewhere."""
+    labels = torch.full_like(batch["input_ids"], -100)
+    rows = torch.arange(labels.shape[0]).unsqueeze(1).expand_as(batch["masked_lm_positions"])
+    used = batch["masked_lm_labels"] != -100
+    labels[rows[used], batch["masked_lm_positions"][used]] = batch["masked_lm_labels"][used]
+    return labels
+
+
+def run_bench(args: argparse.Namespace) -> dict[str, Any]:
+    """Time both models as described in the module docstring; print a table (and write JSON with --json)."""
+    from bert.config import PretrainConfig, load_config
+    from bert.errors import UserError
+    from bert.losses import pretraining_loss
+    from bert.model.modeling import BertForPreTraining
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    config = load_config(PretrainConfig, None, [f"model={args.model}"]).model
+    config.attn_implementation = args.attn
+    torch.manual_seed(args.seed)
+    ours = BertForPreTraining(config).to(device).train()
+    generator = torch.Generator().manual_seed(args.seed)
+    batch = realistic_batch(args.batch_size, args.seq_len, config.vocab_size, generator)
+    batch = {k: v.to(device) for k, v in batch.items()}
+    real_tokens = int(batch["attention_mask"].sum())
+    autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+
+    def autocast():
+        if autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(device.type, dtype=autocast_dtype)
+
+    def our_step(optimizer: torch.optim.Optimizer) -> None:
+        with autocast():
+            outputs = ours(
+                batch["input_ids"],
+                batch["token_type_ids"],
+                batch["attention_mask"],
+                masked_lm_positions=batch["masked_lm_positions"],
+            )
+            loss = pretraining_loss(outputs, batch)["loss"]
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    steps = {"ours": (our_step, torch.optim.AdamW(ours.parameters(), lr=1e-4))}
+    if not args.no_reference:
+        try:
+            import transformers
+        except ImportError:
+            raise UserError(
+                "bert bench: the reference needs `transformers` (pip install bertsmith[hf])"
+            ) from None
+        hf_fields = {"attn_implementation", "pre_layer_norm", "architectures"}
+        hf_config = transformers.BertConfig(
+            **{k: v for k, v in config.to_dict().items() if k not in hf_fields}
+        )
+        ref = transformers.BertForPreTraining(hf_config).to(device).train()
+        ref.load_state_dict(ours.state_dict())
+        hf_labels = _hf_labels(batch)
+
+        def ref_step(optimizer: torch.optim.Optimizer) -> None:
+            with autocast():
+                loss = ref(
+                    input_ids=batch["input_ids"],
+                    token_type_ids=batch["token_type_ids"],
+                    attention_mask=batch["attention_mask"],
+                    labels=hf_labels,
+                    next_sentence_label=batch["next_sentence_label"],
+                ).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        steps["reference"] = (ref_step, torch.optim.AdamW(ref.parameters(), lr=1e-4))
+
+    def timed(name: str) -> float:
+        step, optimizer = steps[name]
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        step(optimizer)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+    for _ in range(args.warmup):
+        for name in steps:
+            timed(name)
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(args.steps):
+        for name in steps:  # interleaved, so that load changes hit both alike
+            times[name].append(timed(name))
+
+    result: dict[str, Any] = {
+        "model": args.model,
+        "attn": args.attn,
+        "dtype": args.dtype,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "batch_size": args.batch_size,
+        "seq_len": int(batch["input_ids"].shape[1]),
+        "real_tokens": real_tokens,
+        "real_fraction": real_tokens / batch["input_ids"].numel(),
+        "masked_slots_P": int(batch["masked_lm_positions"].shape[1]),
+        "steps": args.steps,
+        "load_average": os.getloadavg(),
+    }
+    for name, values in times.items():
+        median = statistics.median(values)
+        result[name] = {"median_step_s": median, "tokens_per_s": real_tokens / median}
+    if "reference" in result:
+        result["speedup"] = result["ours"]["tokens_per_s"] / result["reference"]["tokens_per_s"]
+    _print_table(result)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+        print(f"wrote {args.json}")
+    return result
+
+
+def _print_table(result: dict[str, Any]) -> None:
+    print(
+        f"model={result['model']} attn={result['attn']} dtype={result['dtype']} device={result['device']} "
+        f"threads={result['threads']} batch={result['batch_size']}x{result['seq_len']} "
+        f"real tokens={result['real_tokens']} ({result['real_fraction']:.0%}) P={result['masked_slots_P']} "
+        f"load={result['load_average'][0]:.2f}"
+    )
+    print(f"{'model':<12} {'step (median)':>14} {'real tokens/s':>14}")
+    for name in ("ours", "reference"):
+        if name in result:
+            r = result[name]
+            print(f"{name:<12} {r['median_step_s'] * 1000:>11.1f} ms {r['tokens_per_s']:>14.0f}")
+    if "speedup" in result:
+        print(f"speedup (ours / reference): {result['speedup']:.2f}x")

@@ -1,0 +1,119 @@
+"""The pretraining collator: prepared examples -> a padded batch of LongTensors with MLM masks.
+
+Batch (the contract in notes/COMMON.md):
+    input_ids, token_type_ids, attention_mask   # (B, T), T = longest row rounded up to pad_to_multiple_of
+    masked_lm_positions                        # (B, P), P = most masked tokens in a row; unused slots 0
+    masked_lm_labels                           # (B, P), original ids; unused slots -100
+    next_sentence_label                        # (B,), 0 = is next, 1 = random; absent in MLM-only data
+
+attention_mask is 1 on real tokens and 0 on padding (Hugging Face polarity). Masking is dynamic by default:
+each example's mask is a pure function of (seed, epoch, example id) (see `masking.py`), so a resumed run draws
+the same masks without any saved RNG state. The epoch comes from the example's `epoch` key when present, else
+from `set_epoch`. Data prepared with static masks is passed through as stored.
+
+Speed: one Python step per row (copying its ids into the padded array); masking works on the whole batch.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bert.data.masking import IGNORE_INDEX, MaskingSpec, example_seeds, mask_batch
+
+
+class PretrainingCollator:
+    """Pads prepared examples into a batch and draws their MLM masks (dynamic) or keeps stored ones (static)."""
+
+    def __init__(
+        self,
+        spec: MaskingSpec,
+        pad_id: int,
+        masked_lm_prob: float = 0.15,
+        max_predictions_per_seq: int = 20,
+        pad_to_multiple_of: int | None = 8,
+        seed: int = 0,
+        static_masking: bool = False,
+    ) -> None:
+        self.spec = spec
+        self.pad_id = pad_id
+        self.masked_lm_prob = masked_lm_prob
+        self.max_predictions_per_seq = max_predictions_per_seq
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self.seed = seed
+        self.static_masking = static_masking
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Epoch used for examples without an `epoch` key; new epoch, new masks."""
+        self.epoch = epoch
+
+    def _pad(self, rows: Sequence[Any], width: int, fill: int) -> np.ndarray:
+        out = np.full((len(rows), width), fill, dtype=np.int64)
+        for i, row in enumerate(rows):
+            out[i, : len(row)] = row
+        return out
+
+    def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        lengths = np.fromiter((len(e["input_ids"]) for e in examples), dtype=np.int64, count=len(examples))
+        width = int(lengths.max())
+        if self.pad_to_multiple_of:
+            width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        input_ids = self._pad([e["input_ids"] for e in examples], width, self.pad_id)  # (B, T)
+        token_type_ids = self._pad([e["token_type_ids"] for e in examples], width, 0)  # (B, T)
+        attention_mask = (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64)  # (B, T)
+
+        if self.static_masking:
+            counts = [len(e["masked_lm_positions"]) for e in examples]
+            width_p = max(max(counts), 1)
+            positions = self._pad([e["masked_lm_positions"] for e in examples], width_p, 0)  # (B, P)
+            labels = self._pad([e["masked_lm_labels"] for e in examples], width_p, IGNORE_INDEX)  # (B, P)
+        else:
+            ids = np.fromiter((e["id"] for e in examples), dtype=np.int64, count=len(examples))
+            epochs = np.fromiter((e.get("epoch", self.epoch) for e in examples), dtype=np.int64, count=len(examples))
+            masked = mask_batch(
+                input_ids,
+                lengths,
+                example_seeds(self.seed, epochs, ids),
+                self.spec,
+                self.masked_lm_prob,
+                self.max_predictions_per_seq,
+            )
+            input_ids, positions, labels = masked.input_ids, masked.masked_lm_positions, masked.masked_lm_labels
+
+        batch = {
+            "input_ids": torch.from_numpy(input_ids),
+            "token_type_ids": torch.from_numpy(token_type_ids),
+            "attention_mask": torch.from_numpy(attention_mask),
+            "masked_lm_positions": torch.from_numpy(positions),
+            "masked_lm_labels": torch.from_numpy(labels),
+        }
+        if "next_sentence_label" in examples[0]:
+            labels_nsp = [e["next_sentence_label"] for e in examples]
+            batch["next_sentence_label"] = torch.tensor(labels_nsp, dtype=torch.long)  # (B,)
+        return batch
+
+
+def build_collator(prepared_folder: str | Path, data_cfg: Any, seed: int) -> PretrainingCollator:
+    """A collator for a prepared folder: vocabulary from its tokenizer, masking settings from `data_cfg`."""
+    from bert.tokenizer import load_tokenizer, special_ids
+
+    folder = Path(prepared_folder)
+    meta = json.loads((folder / "meta.json").read_text())
+    tokenizer = load_tokenizer(folder / "tokenizer")
+    ids = special_ids(tokenizer)
+    spec = MaskingSpec.from_vocab(tokenizer.get_vocab(), ids.all, ids.mask, data_cfg.whole_word_mask)
+    return PretrainingCollator(
+        spec,
+        pad_id=ids.pad,
+        masked_lm_prob=data_cfg.masked_lm_prob,
+        max_predictions_per_seq=data_cfg.max_predictions_per_seq,
+        pad_to_multiple_of=data_cfg.pad_to_multiple_of,
+        seed=seed,
+        static_masking=bool(meta.get("static_masking", False)),
+    )

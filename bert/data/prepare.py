@@ -1,0 +1,493 @@
+"""`bert prepare`: corpus -> tokenizer -> NSP (or MLM-only) instances -> a sharded Arrow dataset on disk.
+
+Stages, each bounded in memory (the corpus is never held as Python lists):
+1. read: documents stream from the readers (`corpus.py`) or the synthetic generator into an intermediate Arrow
+   file, a batch of documents at a time;
+2. split by document: a seeded permutation holds out `validation_fraction` of the documents (at least one when
+   there are two or more), and shuffles the order of the rest;
+3. tokenizer: trained from the Arrow file's sentences (`tokenizers` WordPiece) or loaded from data.tokenizer;
+4. instances: `datasets.map` over batches of shuffled documents (num_proc workers) encodes all sentences of a
+   batch with one `encode_batch_fast` call and builds instances with Google's rules (`instances.py`); a random
+   "B" comes from another document of the same batch, which, the documents being shuffled, is a random
+   document of the corpus;
+5. finish: instances are shuffled, numbered (`id`, stable) and, with static masking, masked; each split is
+   written with `save_to_disk` in shards, with `tokenizer/` (Hugging Face layout) and `meta.json`.
+
+The output folder is `data.cache_dir/<key>`, the key a hash of the inputs (resolved paths, sizes, modification
+times; the tokenizer's files likewise) and of every setting that changes the result. Everything is built in a
+temporary sibling folder; the `COMPLETE` marker is written last and the folder is then renamed into place, so an
+interrupted prepare never looks finished and a complete folder with the same key is reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bert.data.corpus import CorpusStats, Document, iter_documents, resolve_inputs
+from bert.data.instances import create_instances
+from bert.errors import UserError
+
+FORMAT_VERSION = 1
+"""Bumped when the layout of a prepared folder changes, so older folders are not reused."""
+COMPLETE_MARKER = "COMPLETE"
+"""File written last into a prepared folder."""
+DOCS_PER_BATCH = 256
+"""Documents per `datasets.map` batch in the instance stage (random B documents come from the same batch)."""
+_IGNORED_SETTINGS = {"num_proc", "cache_dir", "prepared_dir"}
+"""DataConfig fields that do not change the prepared data (left out of the cache key)."""
+
+
+# --------------------------------------------------------------------------------------------- cache key
+
+
+def _settings(data_cfg: Any) -> dict[str, Any]:
+    from bert.config import to_dict
+
+    settings = {k: v for k, v in to_dict(data_cfg).items() if k not in _IGNORED_SETTINGS}
+    if settings.get("corpus") != ["synthetic"]:
+        settings.pop("synthetic", None)
+    return settings
+
+
+def _tokenizer_fingerprint(path: str | None) -> list[dict[str, Any]]:
+    if path is None:
+        return []
+    target = Path(path)
+    files = sorted(p for p in target.iterdir() if p.is_file()) if target.is_dir() else [target]
+    return [{"path": str(p.resolve()), "size": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns} for p in files if p.exists()]
+
+
+def cache_key(data_cfg: Any, input_fingerprints: list[dict[str, Any]]) -> str:
+    """Hash of the settings and the inputs' paths, sizes and mtimes (content is not read, to stay instant)."""
+    payload = {
+        "version": FORMAT_VERSION,
+        "settings": _settings(data_cfg),
+        "inputs": input_fingerprints,
+        "tokenizer": _tokenizer_fingerprint(data_cfg.tokenizer),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def is_complete(folder: str | Path) -> bool:
+    """Whether `folder` is a finished prepared dataset (its marker exists)."""
+    return (Path(folder) / COMPLETE_MARKER).is_file() and (Path(folder) / "meta.json").is_file()
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+def _is_synthetic(data_cfg: Any) -> bool:
+    return list(data_cfg.corpus) == ["synthetic"]
+
+
+def _documents(data_cfg: Any, inputs: list[Any], stats: CorpusStats) -> Iterator[Document]:
+    if _is_synthetic(data_cfg):
+        from bert.data.synthetic import iter_synthetic_documents
+
+        syn = data_cfg.synthetic
+        for doc in iter_synthetic_documents(syn.num_documents, syn.seed, syn.num_topics):
+            stats.documents += 1
+            stats.sentences += len(doc.sentences)
+            yield Document(doc.sentences, f"synthetic topic {doc.topic}")
+        return
+    yield from iter_documents(
+        inputs,
+        stats,
+        layout=data_cfg.layout,
+        document_per_file=data_cfg.document_per_file,
+        text_column=data_cfg.text_column,
+        encoding_errors=data_cfg.encoding_errors,
+        trust_remote_code=data_cfg.trust_remote_code,
+    )
+
+
+def _write_documents(documents: Iterator[Document], path: Path, progress: bool) -> int:
+    """Stream documents into an Arrow stream file, a batch at a time; returns the number written."""
+    import pyarrow as pa
+    from tqdm.auto import tqdm
+
+    kind = pa.list_(pa.string())
+    schema = pa.schema([("sentences", kind)])
+    count = 0
+    buffer: list[list[str]] = []
+    chars = 0
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+        for doc in tqdm(documents, desc="reading", unit=" docs", disable=not progress):
+            buffer.append(doc.sentences)
+            chars += sum(len(s) for s in doc.sentences)
+            count += 1
+            if len(buffer) >= 1000 or chars > 32 << 20:
+                writer.write_batch(pa.record_batch([pa.array(buffer, kind)], schema=schema))
+                buffer, chars = [], 0
+        if buffer:
+            writer.write_batch(pa.record_batch([pa.array(buffer, kind)], schema=schema))
+    return count
+
+
+def _split_indices(num_documents: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation) document indices, both in a seeded random order."""
+    order = np.random.default_rng(seed).permutation(num_documents)
+    num_val = int(round(num_documents * fraction))
+    if fraction > 0 and num_documents >= 2:
+        num_val = min(max(num_val, 1), num_documents - 1)
+    else:
+        num_val = 0
+    return order[num_val:], order[:num_val]
+
+
+# -------------------------------------------------------------------------------------------- map steps
+
+
+def _make_instances(batch: dict[str, list], indices: list[int], tokenizer: Any, options: dict) -> dict[str, list]:
+    """Encode every sentence of a batch of documents at once, then build the batch's instances."""
+    docs = batch["sentences"]
+    flat = [s for doc in docs for s in doc]
+    encoded = tokenizer.encode_batch_fast(flat, add_special_tokens=False) if flat else []
+    tokenized: list[list[list[int]]] = []
+    k = 0
+    for doc in docs:
+        tokenized.append([e.ids for e in encoded[k : k + len(doc)] if e.ids])
+        k += len(doc)
+    # Seeded by the first document's index: the result does not depend on num_proc or scheduling.
+    rng = random.Random(f"{options['seed']}:{options['split']}:{indices[0] if indices else 0}")
+    instances = create_instances(
+        tokenized,
+        options["max_seq_length"],
+        options["short_seq_prob"],
+        options["nsp"],
+        options["dupe_factor"],
+        options["cls_id"],
+        options["sep_id"],
+        rng,
+    )
+    out: dict[str, list] = {
+        "input_ids": [i.input_ids for i in instances],
+        "token_type_ids": [i.token_type_ids for i in instances],
+    }
+    if options["nsp"]:
+        out["next_sentence_label"] = [i.next_sentence_label for i in instances]
+    return out
+
+
+def _finish_instances(batch: dict[str, list], indices: list[int], options: dict) -> dict[str, list]:
+    """Number the (already shuffled) instances and, for static masking, draw and store their masks."""
+    batch["id"] = list(indices)
+    if options["static_masking"]:
+        from bert.data.masking import example_seeds, mask_batch
+
+        lengths = np.array([len(x) for x in batch["input_ids"]], dtype=np.int64)
+        padded = np.full((len(lengths), int(lengths.max())), options["pad_id"], dtype=np.int64)
+        for row, ids in enumerate(batch["input_ids"]):
+            padded[row, : len(ids)] = ids
+        masked = mask_batch(
+            padded,
+            lengths,
+            example_seeds(options["seed"], 0, np.asarray(indices)),
+            options["spec"],
+            options["masked_lm_prob"],
+            options["max_predictions_per_seq"],
+        )
+        counts = (masked.masked_lm_labels != -100).sum(1)
+        batch["input_ids"] = [row[:n].tolist() for row, n in zip(masked.input_ids, lengths)]
+        batch["masked_lm_positions"] = [row[:n].tolist() for row, n in zip(masked.masked_lm_positions, counts)]
+        batch["masked_lm_labels"] = [row[:n].tolist() for row, n in zip(masked.masked_lm_labels, counts)]
+    return batch
+
+
+def _list_of(value: Any) -> Any:
+    try:
+        from datasets import List  # datasets >= 4
+    except ImportError:  # pragma: no cover - older datasets
+        from datasets import Sequence as List
+    return List(value)
+
+
+def _features(nsp: bool, static: bool) -> Any:
+    from datasets import Features, Value
+
+    features = {"input_ids": _list_of(Value("int32")), "token_type_ids": _list_of(Value("int8"))}
+    if nsp:
+        features["next_sentence_label"] = Value("int8")
+    features["id"] = Value("int64")
+    if static:
+        features["masked_lm_positions"] = _list_of(Value("int32"))
+        features["masked_lm_labels"] = _list_of(Value("int32"))
+    return Features(features)
+
+
+# ------------------------------------------------------------------------------------------------- main
+
+
+def _resolve_tokenizer(data_cfg: Any, docs: Any, progress: bool) -> Any:
+    from bert.tokenizer import load_tokenizer, train_tokenizer
+
+    if data_cfg.tokenizer:
+        return load_tokenizer(data_cfg.tokenizer, lowercase=None)
+
+    def texts() -> Iterator[list[str]]:
+        for batch in docs.iter(batch_size=64):
+            for sentences in batch["sentences"]:
+                yield sentences
+
+    return train_tokenizer(texts(), data_cfg.vocab_size, data_cfg.lowercase, show_progress=progress)
+
+
+def _num_proc(data_cfg: Any, num_batches: int) -> int | None:
+    wanted = data_cfg.num_proc if data_cfg.num_proc is not None else (os.cpu_count() or 1)
+    # Worker start-up costs about a second; small inputs are faster in this process.
+    return min(wanted, num_batches) if num_batches >= 4 and wanted > 1 else None
+
+
+def _build_split(
+    docs: Any, indices: np.ndarray, split: str, tokenizer: Any, data_cfg: Any, work: Path, out: Path, progress: bool
+) -> dict[str, Any]:
+    from datasets import Dataset, Features, Value
+
+    from bert.data.masking import MaskingSpec
+    from bert.tokenizer import special_ids
+
+    ids = special_ids(tokenizer)
+    options = {
+        "seed": data_cfg.seed,
+        "split": split,
+        "max_seq_length": data_cfg.max_seq_length,
+        "short_seq_prob": data_cfg.short_seq_prob,
+        "nsp": data_cfg.nsp,
+        "dupe_factor": data_cfg.dupe_factor,
+        "cls_id": ids.cls,
+        "sep_id": ids.sep,
+    }
+    instance_features = {"input_ids": _list_of(Value("int32")), "token_type_ids": _list_of(Value("int8"))}
+    if data_cfg.nsp:
+        instance_features["next_sentence_label"] = Value("int8")
+    if len(indices) == 0:
+        instances = Dataset.from_dict({k: [] for k in instance_features}, features=Features(instance_features))
+    else:
+        subset = docs.select(indices)
+        batch_size = DOCS_PER_BATCH
+        while len(indices) % batch_size == 1 and len(indices) > 1:  # never a last batch of one lone document
+            batch_size += 1
+        num_batches = -(-len(indices) // batch_size)
+        instances = subset.map(
+            _make_instances,
+            batched=True,
+            batch_size=batch_size,
+            with_indices=True,
+            remove_columns=["sentences"],
+            features=Features(instance_features),
+            fn_kwargs={"tokenizer": tokenizer, "options": options},
+            num_proc=_num_proc(data_cfg, num_batches),
+            cache_file_name=str(work / f"instances_{split}.arrow"),
+            new_fingerprint=f"instances-{split}",
+            desc=f"pairing {split}",
+        )
+    spec = MaskingSpec.from_vocab(tokenizer.get_vocab(), ids.all, ids.mask, data_cfg.whole_word_mask)
+    finish = {
+        "static_masking": data_cfg.static_masking,
+        "seed": data_cfg.seed,
+        "pad_id": ids.pad,
+        "spec": spec,
+        "masked_lm_prob": data_cfg.masked_lm_prob,
+        "max_predictions_per_seq": data_cfg.max_predictions_per_seq,
+    }
+    # Google shuffles instances so that a batch mixes documents even without a shuffling loader.
+    shuffled = instances.shuffle(seed=data_cfg.seed) if len(instances) else instances
+    final = shuffled.map(
+        _finish_instances,
+        batched=True,
+        batch_size=1000,
+        with_indices=True,
+        features=_features(data_cfg.nsp, data_cfg.static_masking),
+        fn_kwargs={"options": finish},
+        cache_file_name=str(work / f"final_{split}.arrow"),
+        new_fingerprint=f"final-{split}",
+        desc=f"finishing {split}",
+    )
+    final.save_to_disk(str(out / split), max_shard_size="256MB")
+    return _split_counts(final, data_cfg)
+
+
+def _split_counts(final: Any, data_cfg: Any) -> dict[str, Any]:
+    import pyarrow.compute as pc
+
+    table = final.data.table
+    num = len(final)
+    tokens = int(pc.sum(pc.list_value_length(table.column("input_ids"))).as_py() or 0) if num else 0
+    counts: dict[str, Any] = {"instances": num, "tokens": tokens, "mean_fill": tokens / max(num * data_cfg.max_seq_length, 1)}
+    if data_cfg.nsp and num:
+        labels = table.column("next_sentence_label").to_numpy()
+        counts["nsp_labels"] = {
+            "is_next": int((labels == 0).sum()),
+            "random": int((labels == 1).sum()),
+            "none": int((labels == -100).sum()),
+        }
+    return counts
+
+
+def run_prepare(cfg: Any, output_dir: str | Path | None = None, force: bool = False, progress: bool = True) -> Path:
+    """Prepare `cfg.data` (a PretrainConfig, or a DataConfig) and return the complete folder; reuses a match."""
+    import datasets
+
+    from bert.config import to_dict
+    from bert.tokenizer import is_lowercase, save_tokenizer, special_ids
+
+    data_cfg = getattr(cfg, "data", cfg)
+    if data_cfg.prepared_dir and output_dir is None and not force:
+        if not is_complete(data_cfg.prepared_dir):
+            raise UserError(f"{data_cfg.prepared_dir}: not a complete prepared folder (data.prepared_dir); run bert prepare")
+        return Path(data_cfg.prepared_dir)
+    if not data_cfg.corpus:
+        raise UserError("data.corpus is empty: name text files, folders or globs, or [synthetic]")
+    if data_cfg.max_seq_length < 8:
+        raise UserError(f"data.max_seq_length={data_cfg.max_seq_length} is too small (at least 8)")
+
+    started = time.perf_counter()
+    stats = CorpusStats()
+    inputs = [] if _is_synthetic(data_cfg) else resolve_inputs(list(data_cfg.corpus), data_cfg.format, stats)
+    if not _is_synthetic(data_cfg) and not inputs:
+        raise UserError(f"{', '.join(data_cfg.corpus)}: no readable corpus files found (data.corpus)")
+    fingerprints = [item.fingerprint() for item in inputs]
+    key = cache_key(data_cfg, fingerprints)
+    out = Path(output_dir) if output_dir is not None else Path(data_cfg.cache_dir) / key
+    if out.exists() and not force and is_complete(out):
+        meta = json.loads((out / "meta.json").read_text())
+        if meta.get("fingerprint") == key:
+            if progress:
+                print(f"prepared data is up to date: {out} (inputs and settings unchanged; --force rebuilds)")
+            return out
+    if out.exists() and any(out.iterdir()) and not (out / "meta.json").exists() and not _looks_prepared(out):
+        raise UserError(f"{out}: exists and is not a prepared dataset; choose another --output or remove it")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    was_enabled = datasets.is_progress_bar_enabled()
+    if not progress:
+        datasets.disable_progress_bars()
+    try:
+        scratch = work / "scratch"
+        scratch.mkdir()
+        num_docs = _write_documents(_documents(data_cfg, inputs, stats), scratch / "documents.arrow", progress)
+        if num_docs == 0:
+            raise UserError(f"{', '.join(data_cfg.corpus)}: the corpus holds no text (0 documents)")
+        docs = datasets.Dataset.from_file(str(scratch / "documents.arrow"))
+        train_idx, val_idx = _split_indices(num_docs, data_cfg.validation_fraction, data_cfg.seed)
+
+        tokenizer = _resolve_tokenizer(data_cfg, docs, progress)
+        save_tokenizer(tokenizer, work / "tokenizer", model_max_length=max(512, data_cfg.max_seq_length))
+        splits = {}
+        for split, idx in (("train", train_idx), ("validation", val_idx)):
+            splits[split] = _build_split(docs, idx, split, tokenizer, data_cfg, scratch, work, progress)
+        del docs
+        shutil.rmtree(scratch)
+
+        ids = special_ids(tokenizer)
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "fingerprint": key,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "tokenizer": "tokenizer",
+            "vocab_size": tokenizer.get_vocab_size(),
+            "lowercase": is_lowercase(tokenizer),
+            "special_token_ids": {"pad": ids.pad, "unk": ids.unk, "cls": ids.cls, "sep": ids.sep, "mask": ids.mask},
+            "max_seq_length": data_cfg.max_seq_length,
+            "nsp": data_cfg.nsp,
+            "static_masking": data_cfg.static_masking,
+            "masked_lm_prob": data_cfg.masked_lm_prob,
+            "max_predictions_per_seq": data_cfg.max_predictions_per_seq,
+            "whole_word_mask": data_cfg.whole_word_mask,
+            "counts": {
+                "documents": num_docs,
+                "train_documents": len(train_idx),
+                "validation_documents": len(val_idx),
+                "sentences": stats.sentences,
+                "train": splits["train"],
+                "validation": splits["validation"],
+            },
+            "input": stats.as_dict(),
+            "inputs": fingerprints,
+            "config": to_dict(data_cfg),
+            "seconds": round(time.perf_counter() - started, 2),
+        }
+        (work / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        (work / COMPLETE_MARKER).write_text(meta["created"] + "\n")  # last: the folder is now complete
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(work, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        if was_enabled and not progress:
+            datasets.enable_progress_bars()
+    if progress:
+        print(summary(out, meta))
+    return out
+
+
+def _looks_prepared(folder: Path) -> bool:
+    """An unfinished prepared folder (train/ or tokenizer/ without the marker) may be replaced."""
+    names = {p.name for p in folder.iterdir()}
+    return bool(names) and names <= {"train", "validation", "tokenizer", "meta.json"}
+
+
+def summary(folder: Path, meta: dict[str, Any]) -> str:
+    """The closing summary of a prepare run."""
+    counts = meta["counts"]
+    train, val = counts["train"], counts["validation"]
+    inp = meta["input"]
+    lines = [
+        f"prepared {folder} in {meta['seconds']:.1f} s",
+        f"  documents  {counts['documents']:,} (train {counts['train_documents']:,}, validation "
+        f"{counts['validation_documents']:,}), sentences {counts['sentences']:,}",
+        f"  instances  train {train['instances']:,}, validation {val['instances']:,}; tokens "
+        f"{train['tokens'] + val['tokens']:,}; mean fill {train['mean_fill']:.1%} of {meta['max_seq_length']}",
+    ]
+    if "nsp_labels" in train:
+        nsp = train["nsp_labels"]
+        total = max(train["instances"], 1)
+        lines.append(
+            f"  NSP labels is next {nsp['is_next'] / total:.1%}, random {nsp['random'] / total:.1%}, "
+            f"none (single-sentence documents, MLM only) {nsp['none'] / total:.1%}"
+        )
+    lines.append(f"  tokenizer  {meta['vocab_size']:,} tokens, {'uncased' if meta['lowercase'] else 'cased'}")
+    if inp["files"]:
+        lines.append(f"  input      {inp['files']} files read")
+    if inp["skipped_files"]:
+        shown = ", ".join(Path(p).name for p in inp["skipped_files"][:5])
+        lines.append(f"  skipped    {len(inp['skipped_files'])} files without a text extension ({shown}...)")
+    if inp["skipped_line_count"]:
+        lines.append(f"  skipped    {inp['skipped_line_count']} lines over 1 MiB: {', '.join(inp['skipped_lines'][:5])}")
+    if inp["replaced_chars"]:
+        files = inp["replaced_files"]
+        shown = ", ".join(f"{Path(p).name} ({n})" for p, n in list(files.items())[:6])
+        more = f" and {len(files) - 6} more" if len(files) > 6 else ""
+        lines.append(
+            f"  replaced   {inp['replaced_chars']} invalid UTF-8 characters in {len(files)} files: {shown}{more}"
+        )
+    return "\n".join(lines)
+
+
+def load_prepared(folder: str | Path) -> tuple[Any, dict[str, Any]]:
+    """The prepared splits ("train", "validation") as a DatasetDict, and the metadata dict."""
+    import datasets
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"{folder}: no such prepared folder; run bert prepare first")
+    if not is_complete(folder):
+        raise UserError(f"{folder}: incomplete prepared folder (no {COMPLETE_MARKER} marker); run bert prepare again")
+    meta = json.loads((folder / "meta.json").read_text())
+    splits = datasets.DatasetDict(
+        {split: datasets.load_from_disk(str(folder / split)) for split in ("train", "validation")}
+    )
+    return splits, meta

@@ -1,0 +1,106 @@
+"""Helpers for running the same code on one or many processes: printing, reductions, and data sharding.
+
+This file owns `ShardedBatchSampler`, the data position of pretraining. Each epoch is a permutation of the
+training examples drawn from (seed, epoch) alone; the global micro-batch j of that epoch is the slice
+perm[j*G : (j+1)*G] with G = batch_size x num_processes, and process r takes the r-th `batch_size` part of it.
+Hence:
+- processes read disjoint examples, and N processes of batch b read exactly what one process of batch N*b
+  reads (the union, in the same order);
+- the position is two integers (epoch, index of the next micro-batch), saved in checkpoints; resuming
+  starts the sampler there, without iterating over the data already seen;
+- the sampler yields (epoch, example index) pairs, so each example carries its epoch to the collator, whose
+  dynamic masking is a pure function of (seed, epoch, example id): nothing else needs saving.
+The last incomplete global micro-batch of an epoch is dropped so every process takes the same number of steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+
+def print0(*args: Any, **kwargs: Any) -> None:
+    """print on the main process only (global rank 0, also before Accelerate is set up)."""
+    import os
+
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(*args, **kwargs, flush=True)
+
+
+def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    """Sum a few numbers over all processes (one collective call); identity without torch.distributed."""
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def epoch_permutation(num_examples: int, seed: int, epoch: int) -> torch.Tensor:
+    """The order of epoch `epoch`: a permutation that depends on (seed, epoch) only."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(num_examples, generator=generator)
+
+
+class ShardedBatchSampler:
+    """Endless micro-batches of (epoch, index) pairs for process `rank`, starting at a saved position."""
+
+    def __init__(
+        self,
+        num_examples: int,
+        batch_size: int,
+        num_processes: int = 1,
+        rank: int = 0,
+        seed: int = 0,
+        epoch: int = 0,
+        start: int = 0,
+    ) -> None:
+        self.num_examples = num_examples
+        self.batch_size = batch_size
+        self.num_processes = num_processes
+        self.rank = rank
+        self.seed = seed
+        self.epoch = epoch
+        self.start = start
+        if self.batches_per_epoch == 0:
+            raise ValueError(
+                f"{num_examples} training examples cannot fill one global micro-batch of "
+                f"{batch_size} x {num_processes} processes"
+            )
+
+    @property
+    def batches_per_epoch(self) -> int:
+        """Micro-batches per epoch per process (the incomplete last global batch is dropped)."""
+        return self.num_examples // (self.batch_size * self.num_processes)
+
+    def advance(self, epoch: int, index: int) -> tuple[int, int]:
+        """The position after consuming micro-batch (epoch, index)."""
+        index += 1
+        return (epoch + 1, 0) if index >= self.batches_per_epoch else (epoch, index)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        epoch, start = self.epoch, self.start
+        global_batch = self.batch_size * self.num_processes
+        while True:
+            perm = epoch_permutation(self.num_examples, self.seed, epoch).tolist()
+            for j in range(start, self.batches_per_epoch):
+                offset = j * global_batch + self.rank * self.batch_size
+                yield [(epoch, i) for i in perm[offset : offset + self.batch_size]]
+            epoch, start = epoch + 1, 0
+
+
+class EpochDataset(torch.utils.data.Dataset):
+    """Wraps a map-style dataset so that key (epoch, i) returns example i with its `epoch` added."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int] | int) -> dict[str, Any]:
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        example = dict(self.dataset[int(index)])
+        example["epoch"] = epoch
+        return example

@@ -1,0 +1,87 @@
+"""Pretraining losses: masked-LM and next-sentence prediction, as pure functions of logits and labels.
+
+The model returns logits only; these functions turn them into named losses plus the counts the trainer needs
+for accuracies. `mlm_loss` takes an explicit normaliser so that, with gradient accumulation or several
+processes, the trainer can divide by the number of masked tokens of the WHOLE global batch (a sum of token
+losses over a fixed count), instead of averaging per-micro-batch means that weight tokens unequally.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+"""Label of unused MLM slots (Hugging Face convention)."""
+
+
+def _as_mlm_logits(
+    prediction_logits: torch.Tensor, batch: dict[str, Any], labels: torch.Tensor
+) -> torch.Tensor:
+    """Logits at the labelled positions: (B, P, V) as given, or gathered from (B, T, V) full-sequence logits."""
+    if prediction_logits.shape[1] != labels.shape[1] and "masked_lm_positions" in batch:
+        positions = batch["masked_lm_positions"]  # (B, P)
+        index = positions.unsqueeze(-1).expand(-1, -1, prediction_logits.shape[-1])
+        return prediction_logits.gather(1, index)  # (B, P, V)
+    return prediction_logits
+
+
+def mlm_loss(
+    prediction_logits: torch.Tensor,
+    masked_lm_labels: torch.Tensor,
+    normalizer: float | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Sum of cross-entropies over labelled slots / `normalizer` (default: labels != -100 in this batch).
+
+    prediction_logits (B, P, V) (or (B, T, V) with (B, T) labels), masked_lm_labels (B, P) with -100 in unused
+    slots. Computed in fp32 whatever the logits' dtype. An empty batch gives 0, not NaN.
+    """
+    logits = prediction_logits.reshape(-1, prediction_logits.shape[-1]).float()  # (B*P, V)
+    labels = masked_lm_labels.reshape(-1)  # (B*P,)
+    total = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    if normalizer is None:
+        normalizer = (labels != IGNORE_INDEX).sum().clamp(min=1)
+    return total / normalizer
+
+
+def nsp_loss(seq_relationship_logits: torch.Tensor, next_sentence_label: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of the (B, 2) NSP logits against (B,) labels (0 = IsNext, 1 = random)."""
+    return F.cross_entropy(seq_relationship_logits.float(), next_sentence_label.reshape(-1))
+
+
+def pretraining_loss(
+    outputs: Any, batch: dict[str, Any], mlm_normalizer: float | torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
+    """MLM (+ NSP when the batch has `next_sentence_label`) losses of a BertForPreTrainingOutput.
+
+    Returns `loss` (= mlm_loss + nsp_loss, the one to backpropagate), `mlm_loss`, `nsp_loss` (0 in MLM-only
+    mode), and detached int64 counts `mlm_correct`, `mlm_count`, `nsp_correct`, `nsp_count` (0 in MLM-only
+    mode) that can be summed across steps and processes before dividing.
+    """
+    labels = batch["masked_lm_labels"]  # (B, P)
+    logits = _as_mlm_logits(outputs.prediction_logits, batch, labels)  # (B, P, V)
+    mlm = mlm_loss(logits, labels, mlm_normalizer)
+    with torch.no_grad():
+        labelled = labels != IGNORE_INDEX
+        mlm_correct = ((logits.argmax(-1) == labels) & labelled).sum()
+        mlm_count = labelled.sum()
+    zero = torch.zeros((), dtype=torch.long, device=labels.device)
+    if batch.get("next_sentence_label") is not None:
+        nsp_labels = batch["next_sentence_label"].reshape(-1)  # (B,)
+        nsp = nsp_loss(outputs.seq_relationship_logits, nsp_labels)
+        with torch.no_grad():
+            nsp_correct = (outputs.seq_relationship_logits.argmax(-1) == nsp_labels).sum()
+            nsp_count = torch.tensor(nsp_labels.numel(), device=labels.device)
+    else:
+        nsp, nsp_correct, nsp_count = mlm.new_zeros(()), zero, zero
+    return {
+        "loss": mlm + nsp,
+        "mlm_loss": mlm,
+        "nsp_loss": nsp,
+        "mlm_correct": mlm_correct,
+        "mlm_count": mlm_count,
+        "nsp_correct": nsp_correct,
+        "nsp_count": nsp_count,
+    }

@@ -1,0 +1,135 @@
+"""Self-attention: the module with Hugging Face names, and the three kernels behind it.
+
+The module projects queries, keys and values and hands them, with the batch's layout (see masking.py, where
+every mask rule lives), to one kernel:
+
+- `eager_attention`: explicit scores and softmax; the only path that can return attention probabilities.
+- `sdpa_attention`: `torch.nn.functional.scaled_dot_product_attention` on (B, A, T, D) with the boolean
+  key-padding mask, or no mask when the batch has no padding.
+- `varlen_attention` (unpadded): real tokens only, (N, A, D). On CUDA with flash-attn installed it calls
+  `flash_attn_varlen_func` with `cu_seqlens`. Otherwise it scatters q, k, v into a (B, S, ...) block with
+  S = the longest real sequence (not T), runs SDPA with the block's key mask and gathers the real rows back.
+  On CPU this was the fastest correct fallback: one fused kernel call for the whole batch; the scatter and
+  gather are O(N * H) copies, small next to the O(N * H^2) projections; per-length loops cost a kernel call
+  (and its backward) per distinct length.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bert.model.config import BertConfig
+from bert.model.masking import Layout, PaddedLayout
+
+try:  # optional CUDA kernel for the unpadded path
+    from flash_attn import flash_attn_varlen_func
+except ImportError:  # pragma: no cover - depends on the installation
+    flash_attn_varlen_func = None
+
+
+def eager_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None, dropout: nn.Dropout
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """q, k, v (B, A, T, D) -> context (B, A, T, D) and probabilities (B, A, T, T)."""
+    scores = torch.matmul(q, k.transpose(-1, -2)) * q.shape[-1] ** -0.5  # (B, A, T, T)
+    if key_mask is not None:
+        # The minimum of the scores' own dtype, not -inf: a row that is all masked stays finite.
+        scores = scores.masked_fill(~key_mask, torch.finfo(scores.dtype).min)
+    probs = dropout(torch.softmax(scores, dim=-1))
+    return torch.matmul(probs, v), probs
+
+
+def sdpa_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None, dropout_p: float
+) -> torch.Tensor:
+    """q, k, v (B, A, T, D) -> context (B, A, T, D); key_mask (B, 1, 1, T) bool or None (fast kernel)."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=dropout_p)
+
+
+def varlen_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout, dropout_p: float
+) -> torch.Tensor:
+    """q, k, v (N, A, D) real tokens only -> context (N, A, D); sequences delimited by layout.cu_seqlens."""
+    if flash_attn_varlen_func is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+        cu, s = layout.cu_seqlens, layout.max_seqlen
+        return flash_attn_varlen_func(q, k, v, cu, cu, s, s, dropout_p=dropout_p)
+    n, heads, dim = q.shape
+    b, s = layout.batch_size, layout.max_seqlen
+    qkv = torch.stack((q, k, v))  # (3, N, A, D)
+    block = qkv.new_zeros(3, b * s, heads, dim).index_copy(1, layout.repad_index, qkv)  # (3, B*S, A, D)
+    block = block.view(3, b, s, heads, dim).transpose(2, 3)  # (3, B, A, S, D)
+    out = F.scaled_dot_product_attention(
+        block[0], block[1], block[2], attn_mask=layout.repad_key_mask, dropout_p=dropout_p
+    )  # (B, A, S, D)
+    out = out.transpose(1, 2).reshape(b * s, heads, dim)  # (B*S, A, D)
+    return out.index_select(0, layout.repad_index)  # (N, A, D)
+
+
+class BertSelfAttention(nn.Module):
+    """Multi-head self-attention: query, key and value projections and a kernel chosen by the config."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.head_dim
+        self.implementation = config.attn_implementation
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
+
+    def forward(
+        self, hidden: torch.Tensor, layout: Layout, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """hidden (B, T, H) padded or (N, H) unpadded -> context of the same shape (and probabilities)."""
+        # One matmul of width 3H instead of three of width H; the parameters keep Hugging Face's names.
+        weight = torch.cat((self.query.weight, self.key.weight, self.value.weight))  # (3H, H)
+        bias = torch.cat((self.query.bias, self.key.bias, self.value.bias))  # (3H,)
+        qkv = F.linear(hidden, weight, bias)  # (..., 3H)
+        qkv = qkv.view(*hidden.shape[:-1], 3, self.num_heads, self.head_dim)  # (..., 3, A, D)
+        dropout_p = self.dropout.p if self.training else 0.0
+        if isinstance(layout, PaddedLayout):
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, A, T, D)
+            if self.implementation == "eager" or output_attentions:
+                context, probs = eager_attention(q, k, v, layout.key_mask, self.dropout)
+            else:
+                context, probs = sdpa_attention(q, k, v, layout.key_mask, dropout_p), None
+            context = context.transpose(1, 2)  # (B, T, A, D)
+        else:
+            q, k, v = qkv.unbind(-3)  # each (N, A, D)
+            context, probs = varlen_attention(q, k, v, layout, dropout_p), None
+        return context.reshape(hidden.shape), probs
+
+
+class BertSelfOutput(nn.Module):
+    """Output projection of attention, dropout, and the residual LayerNorm (post-LN) of BERT."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.pre_layer_norm = config.pre_layer_norm
+
+    def forward(self, context: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        out = self.dropout(self.dense(context)) + residual
+        return out if self.pre_layer_norm else self.LayerNorm(out)
+
+
+class BertAttention(nn.Module):
+    """Self-attention sub-layer; with pre_layer_norm, LayerNorm runs on its input instead of its output."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.self = BertSelfAttention(config)
+        self.output = BertSelfOutput(config)
+        self.pre_layer_norm = config.pre_layer_norm
+
+    def forward(
+        self, hidden: torch.Tensor, layout: Layout, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        normed = self.output.LayerNorm(hidden) if self.pre_layer_norm else hidden
+        context, probs = self.self(normed, layout, output_attentions)
+        return self.output(context, hidden), probs

@@ -1,0 +1,61 @@
+"""Training FLOPs per token of BertForPreTraining, and model-FLOPs utilisation against a peak table.
+
+Per token, one training step (forward + backward = 3 x forward, 2 FLOPs per multiply-add) costs
+
+    6 * N                                   N = L * (4 H^2 + 2 H I): the encoder's matmul weights
+  + 12 * L * H * T                          attention scores QK^T and mixing AV: 2 * 2 * T * H per layer
+                                            forward, times 3 for forward + backward
+  + 6 * (H^2 + H V) * masked_fraction       MLM transform + tied decoder, run only at masked positions
+  + 6 * (H^2 + 2 H) / T                     pooler + NSP, once per sequence of T tokens
+
+Embedding lookups, biases, LayerNorm, softmax and GELU are not matmuls and are left out (as in the usual 6N
+rule). T is the length each token attends over: the padded length for a padded batch, the real length with
+unpadding.
+"""
+
+from __future__ import annotations
+
+from bert.model.config import BertConfig
+
+PEAK_FLOPS = {
+    # device name substring: (bf16/fp16 dense, tf32 dense) FLOP/s
+    "H200": (989e12, 494e12),
+    "H100": (989e12, 494e12),
+    "A100": (312e12, 156e12),
+    "A10G": (125e12, 62.5e12),
+    "L4": (121e12, 60e12),
+    "V100": (125e12, 15.7e12),
+}
+
+
+def encoder_matmul_params(config: BertConfig) -> int:
+    """N: weights of the encoder's matmuls (Q, K, V, attention output, the two feed-forward layers)."""
+    h, i = config.hidden_size, config.intermediate_size
+    return config.num_hidden_layers * (4 * h * h + 2 * h * i)
+
+
+def training_flops_per_token(config: BertConfig, seq_len: int, masked_fraction: float = 0.15) -> float:
+    """FLOPs of forward + backward per token of a BertForPreTraining step (formula in the module docstring)."""
+    h, v, layers = config.hidden_size, config.vocab_size, config.num_hidden_layers
+    dense = 6 * encoder_matmul_params(config)
+    attention = 12 * layers * h * seq_len
+    mlm_head = 6 * (h * h + h * v) * masked_fraction
+    pooler_nsp = 6 * (h * h + 2 * h) / seq_len
+    return float(dense + attention + mlm_head + pooler_nsp)
+
+
+def mfu(flops_per_second: float, device, dtype: str = "bf16") -> float | None:
+    """Achieved / peak dense FLOP/s of a known CUDA GPU, or None (CPU, unknown device).
+
+    `dtype` 'bf16' or 'fp16' use the tensor-core half-precision peak, anything else the TF32 peak.
+    """
+    import torch
+
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, (half, tf32) in PEAK_FLOPS.items():
+        if key in name:
+            return flops_per_second / (half if dtype in ("bf16", "fp16") else tf32)
+    return None

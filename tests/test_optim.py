@@ -1,0 +1,108 @@
+"""Optimiser param groups, LAMB and the learning-rate schedule (bert/optim.py)."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from bert.config import OptimizerConfig
+from bert.optim import Lamb, build_optimizer, build_scheduler, lr_multiplier, param_groups
+
+
+class Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.dense = nn.Linear(4, 3)
+        self.LayerNorm = nn.LayerNorm(3)
+        self.emb = nn.Embedding(5, 4)
+
+
+def test_param_groups_exclude_bias_and_layernorm_from_weight_decay():
+    model = Tiny()
+    decay, no_decay = param_groups(model, 0.01)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert sorted(names[id(p)] for p in decay["params"]) == ["dense.weight", "emb.weight"]
+    assert sorted(names[id(p)] for p in no_decay["params"]) == ["LayerNorm.bias", "LayerNorm.weight", "dense.bias"]
+    assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
+
+
+def test_adamw_does_not_decay_bias():
+    model = Tiny()
+    opt = build_optimizer(model, OptimizerConfig(name="adamw", lr=0.1, weight_decay=0.5))
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)  # zero gradient: only weight decay can move a parameter
+    bias, weight = model.dense.bias.detach().clone(), model.dense.weight.detach().clone()
+    opt.step()
+    assert torch.equal(model.dense.bias, bias)
+    assert torch.allclose(model.dense.weight, weight * (1 - 0.1 * 0.5))
+
+
+@pytest.mark.parametrize(
+    "schedule,step,expected",
+    [
+        ("linear", 0, 0.1),  # warmup: (step + 1) / warmup
+        ("linear", 9, 1.0),
+        ("linear", 10, 1.0),  # peak right after warmup
+        ("linear", 55, 0.5),  # halfway through the decay (10 + 90 / 2)
+        ("linear", 100, 0.0),
+        ("polynomial", 55, 0.5**2),  # power 2
+        ("constant", 80, 1.0),
+    ],
+)
+def test_lr_schedule_values(schedule, step, expected):
+    cfg = OptimizerConfig(warmup_steps=10, schedule=schedule, power=2.0)
+    assert lr_multiplier(step, cfg, total_steps=100) == pytest.approx(expected)
+
+
+def test_warmup_ratio_and_floor():
+    cfg = OptimizerConfig(warmup_steps=0, warmup_ratio=0.1, min_lr_ratio=0.1)
+    assert lr_multiplier(0, cfg, 200) == pytest.approx(1 / 20)
+    assert lr_multiplier(200, cfg, 200) == pytest.approx(0.1)
+
+
+def test_scheduler_applies_the_multiplier_per_step():
+    model = Tiny()
+    cfg = OptimizerConfig(lr=1e-3, warmup_steps=4, schedule="linear")
+    opt = build_optimizer(model, cfg)
+    sched = build_scheduler(opt, cfg, total_steps=8)
+    lrs = []
+    for _ in range(8):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 7.5e-4, 5e-4, 2.5e-4])
+
+
+def test_lamb_step_matches_the_formula():
+    w0 = torch.tensor([3.0, 4.0])  # ||w|| = 5
+    g = torch.tensor([0.5, -1.0])
+    param = nn.Parameter(w0.clone())
+    bias = nn.Parameter(torch.tensor([1.0]))
+    opt = Lamb(
+        [
+            {"params": [param], "weight_decay": 0.1, "use_trust_ratio": True},
+            {"params": [bias], "weight_decay": 0.0, "use_trust_ratio": False},
+        ],
+        lr=0.01,
+        betas=(0.9, 0.999),
+        eps=1e-6,
+    )
+    param.grad, bias.grad = g.clone(), torch.tensor([2.0])
+    opt.step()
+    # First step: m_hat = g, v_hat = g^2, adam = g / (|g| + eps) ~ sign(g)
+    adam = g / (g.abs() + 1e-6)
+    update = adam + 0.1 * w0
+    ratio = w0.norm() / update.norm()
+    assert torch.allclose(param.detach(), w0 - 0.01 * ratio * update, atol=1e-7)
+    # no trust ratio and no decay on the bias group: a plain Adam step of size lr
+    assert bias.item() == pytest.approx(1.0 - 0.01 * 2.0 / (2.0 + 1e-6))
+    assert not math.isclose(float(ratio), 1.0)
+
+
+def test_lamb_zero_weight_uses_ratio_one():
+    param = nn.Parameter(torch.zeros(3))
+    opt = Lamb([param], lr=0.1, weight_decay=0.0)
+    param.grad = torch.ones(3)
+    opt.step()
+    assert torch.allclose(param.detach(), torch.full((3,), -0.1), atol=1e-6)

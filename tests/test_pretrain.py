@@ -1,0 +1,137 @@
+"""The pretraining loop (bert/pretrain.py) on a tiny model: loss normalisation, processes, export, NaN guard."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pretrain_utils import (  # noqa: E402
+    metrics,
+    prepare_tiny,
+    pretrain_here,
+    recorded_ids,
+    run_cli,
+    train_losses,
+    weights,
+)
+
+from bert import checkpoint as ckpt  # noqa: E402
+from bert.errors import UserError  # noqa: E402
+
+NO_DROPOUT = ("model.hidden_dropout_prob=0", "model.attention_probs_dropout_prob=0")
+
+
+@pytest.fixture(scope="session")
+def cache(tmp_path_factory) -> Path:
+    cache_dir = tmp_path_factory.getbasetemp() / "prepared"
+    prepare_tiny(cache_dir)
+    return cache_dir
+
+
+def _final(run_dir: Path, step: int = 6) -> dict[str, torch.Tensor]:
+    return weights(ckpt.step_folder(run_dir, step))
+
+
+def _assert_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float = 1e-5) -> None:
+    assert a.keys() == b.keys()
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst < atol, f"weights differ by {worst}"
+
+
+def test_gradient_accumulation_equals_one_big_batch(cache, tmp_path):
+    big = pretrain_here(cache, tmp_path / "big", *NO_DROPOUT, "train.batch_size=8")
+    acc = pretrain_here(
+        cache, tmp_path / "acc", *NO_DROPOUT, "train.batch_size=2", "train.gradient_accumulation_steps=4"
+    )
+    big_losses, acc_losses = train_losses(tmp_path / "big"), train_losses(tmp_path / "acc")
+    assert len(big_losses) == 6
+    for step, loss in big_losses.items():
+        assert acc_losses[step] == pytest.approx(loss, rel=1e-5, abs=1e-6)
+    _assert_close(_final(tmp_path / "big"), _final(tmp_path / "acc"))
+    # Sanity of the comparison itself: averaging per-micro-batch means instead would not match
+    assert big["step"] == acc["step"] == 6
+    assert any(big_losses[s] != train_losses(tmp_path / "big")[1] for s in big_losses)
+
+
+def test_two_processes_equal_one(cache, tmp_path):
+    pretrain_here(cache, tmp_path / "one", *NO_DROPOUT, "train.batch_size=8", "train.record_example_ids=true")
+    result = run_cli(
+        cache, tmp_path / "two", *NO_DROPOUT, "train.batch_size=4", "train.record_example_ids=true", nproc=2
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    one, two = train_losses(tmp_path / "one"), train_losses(tmp_path / "two")
+    assert len(two) == 6
+    for step, loss in one.items():
+        assert two[step] == pytest.approx(loss, rel=1e-5, abs=1e-6)
+    _assert_close(_final(tmp_path / "one"), _final(tmp_path / "two"))
+    # each rank read its own half of every global batch: disjoint, and together what one process read
+    single = recorded_ids(tmp_path / "one")
+    rank0, rank1 = recorded_ids(tmp_path / "two", 0), recorded_ids(tmp_path / "two", 1)
+    for a, b, ref in zip(rank0, rank1, single):
+        ids0, ids1 = {tuple(x) for x in a["examples"]}, {tuple(x) for x in b["examples"]}
+        assert len(ids0) == len(ids1) == 4 and not ids0 & ids1
+        assert a["examples"] + b["examples"] == ref["examples"]
+    # both ranks wrote their RNG state into the same checkpoint
+    assert (ckpt.step_folder(tmp_path / "two", 6) / "random_states_1.pkl").is_file()
+
+
+def test_export_loads_in_transformers(cache, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    result = pretrain_here(cache, tmp_path / "run", "train.max_steps=2")
+    export = Path(result["export"])
+    assert (export / "config.json").is_file() and (export / "vocab.txt").is_file()
+    model, info = transformers.BertForPreTraining.from_pretrained(export, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    assert transformers.AutoTokenizer.from_pretrained(export).vocab_size == model.config.vocab_size
+    # `bert export` of the last checkpoint writes the same weights
+    from bert.cli import main
+
+    assert main(["export", str(tmp_path / "run"), str(tmp_path / "again")]) == 0
+    ours, again = weights(export), weights(tmp_path / "again")
+    assert ours.keys() == again.keys() and all(torch.equal(ours[k], again[k]) for k in ours)
+    assert (tmp_path / "again" / "vocab.txt").is_file()
+
+
+def test_nan_gradients_skip_the_step(cache, tmp_path):
+    run = tmp_path / "run"
+    result = pretrain_here(cache, run, "train.debug_nan_at_step=3", "train.max_steps=4", "train.save_every=0")
+    assert result["step"] == 4
+    logs = [m for m in metrics(run) if "train/skipped_steps" in m]
+    assert [m["train/skipped_steps"] for m in logs] == [0, 0, 1, 1]
+    assert all(torch.isfinite(w).all() for w in weights(result["export"]).values())
+    meta = ckpt.read_meta(ckpt.latest_checkpoint(run))
+    assert meta["counters"]["skipped_steps"] == 1
+
+
+def test_nan_guard_stops_after_too_many(cache, tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(UserError, match="consecutive steps had a non-finite"):
+        pretrain_here(cache, run, "train.debug_nan_at_step=3", "train.max_nonfinite_steps=1")
+    # the healthy checkpoint of step 2 is still there, and nothing later was saved
+    assert ckpt.latest_checkpoint(run) == ckpt.step_folder(run, 2)
+
+
+def test_resume_with_another_model_size_says_what_differs(cache, tmp_path):
+    run = tmp_path / "run"
+    pretrain_here(cache, run, "train.max_steps=2")
+    with pytest.raises(UserError) as err:
+        pretrain_here(cache, run, "train.max_steps=4", "model.hidden_size=64", "model.intermediate_size=128")
+    message = str(err.value)
+    assert "model.hidden_size: 32 -> 64" in message and "model.intermediate_size: 64 -> 128" in message
+    assert "\n" not in message
+    shutil.rmtree(run / "export")
+
+
+def test_init_from_loads_weights_without_resuming(cache, tmp_path):
+    first = pretrain_here(cache, tmp_path / "a", "train.max_steps=2")
+    second = pretrain_here(
+        cache, tmp_path / "b", "train.max_steps=1", f"train.init_from={first['export']}", "optimizer.lr=1e-12"
+    )
+    assert second["step"] == 1  # a fresh run (not a resume of step 2), starting from a's weights
+    a, b = weights(first["export"]), weights(second["export"])
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
