@@ -279,7 +279,7 @@ class FinetuneTrainConfig:
     """Write predictions for the test split(s) with the best model when the task has them."""
     log_every: int = 20
     """Log the training loss and learning rate to the trackers every N optimizer steps."""
-    cache_dir: str | None = "data/finetune_cache"
+    cache_dir: str | None = "data/cache/finetune"
     """Where tokenised splits are cached between runs (None: tokenise in memory every run)."""
 
 

@@ -132,6 +132,9 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         collate_fn=CollateWithIds(collator),
         num_workers=cfg.train.num_workers,
         pin_memory=accelerator.device.type == "cuda",
+        # its own generator: creating the iterator must not draw from the global RNG that dropout uses,
+        # or a resumed run's dropout would be shifted by one draw
+        generator=torch.Generator().manual_seed(cfg.train.seed + rank),
     )
     batches = iter(train_loader)
 

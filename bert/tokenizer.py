@@ -73,19 +73,40 @@ def train_tokenizer(
     vocab_size: int = 30522,
     lowercase: bool = True,
     min_frequency: int = 2,
+    alphabet: Iterable[str] | None = None,
     show_progress: bool = False,
 ) -> Tokenizer:
-    """Train a BERT WordPiece tokenizer from an iterator of texts (or of batches of texts)."""
+    """Train a BERT WordPiece tokenizer from an iterator of texts (or of batches of texts).
+
+    `alphabet` (the characters of the corpus, e.g. collected while reading it) makes training deterministic:
+    `tokenizers` numbers "##x" continuation pieces in hash-map order, and ties between equally frequent merges
+    are then broken differently from run to run. Registering every "##x" up front fixes their ids, and with
+    them the whole vocabulary. When `texts` is a list the alphabet is taken from it.
+    """
+    if alphabet is None and isinstance(texts, list):
+        alphabet = {c for text in texts for c in (text if isinstance(text, str) else "".join(text))}
     tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]", continuing_subword_prefix="##"))
     _bert_pipeline(tokenizer, lowercase)
+    continuations: list[str] = []
+    if alphabet is not None:
+        normalized: set[str] = set()
+        for char in set(alphabet):
+            normalized.update(tokenizer.normalizer.normalize_str(char))
+        continuations = sorted("##" + c for c in normalized if not c.isspace())
     trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size,
+        vocab_size=max(vocab_size, len(SPECIAL_TOKENS) + len(continuations)),
         min_frequency=min_frequency,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=SPECIAL_TOKENS + continuations,
         continuing_subword_prefix="##",
         show_progress=show_progress,
     )
     tokenizer.train_from_iterator(texts, trainer=trainer)
+    # Rebuild from the vocabulary so that only the five real special tokens are "added tokens" (the "##x"
+    # entries above must stay ordinary pieces, never matched literally in text).
+    vocab = tokenizer.get_vocab()
+    tokenizer = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]", continuing_subword_prefix="##"))
+    _bert_pipeline(tokenizer, lowercase)
+    tokenizer.add_special_tokens(SPECIAL_TOKENS)
     _add_template(tokenizer)
     return tokenizer
 

@@ -80,8 +80,10 @@ def pretrain_here(cache_dir: Path, run_dir: Path, *extra: str) -> dict:
 
 def run_cli(cache_dir: Path, run_dir: Path, *extra: str, nproc: int = 1, timeout: int = 180):
     """`bert pretrain` in a subprocess (torchrun with gloo when nproc > 1); returns the CompletedProcess."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
+    env = dict(os.environ)
     env.pop("RANK", None)
+    if nproc > 1:  # two processes on two cores; one process keeps this process's threads (same arithmetic)
+        env["OMP_NUM_THREADS"] = "1"
     args = ["-m", "bert.cli", "pretrain", *tiny_overrides(cache_dir, run_dir, *extra)]
     if nproc > 1:
         cmd = [

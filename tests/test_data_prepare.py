@@ -100,7 +100,9 @@ def test_static_masking_and_mlm_only(tmp_path):
     row = splits["train"][0]
     assert "next_sentence_label" not in row and set(row["token_type_ids"]) == {0}
     assert row["masked_lm_positions"] and len(row["masked_lm_positions"]) == len(row["masked_lm_labels"])
-    assert all(row["input_ids"][p] != label or True for p, label in zip(row["masked_lm_positions"], row["masked_lm_labels"]))
+    rows = splits["train"].select(range(20))
+    stored = [r["input_ids"][p] for r in rows for p in r["masked_lm_positions"]]
+    assert stored.count(meta["special_token_ids"]["mask"]) > 0.6 * len(stored)  # masks are applied in input_ids
     assert meta["static_masking"] is True
     batch = build_collator(folder, DataConfig(), seed=0)([splits["train"][i] for i in range(4)])
     assert batch["masked_lm_labels"][0, : len(row["masked_lm_labels"])].tolist() == row["masked_lm_labels"]
@@ -153,3 +155,12 @@ def test_cli_prepare_and_inspect(prepared, tmp_path, capsys):
     assert main(["prepare", "data.corpus=[synthetic]", f"data.cache_dir={tmp_path}", "data.synthetic.num_documents=30",
                  "data.vocab_size=300", "data.max_seq_length=32", "--output", str(tmp_path / "cli")]) == 0
     assert (tmp_path / "cli" / COMPLETE_MARKER).is_file()
+
+
+def test_num_proc_does_not_change_the_data(tmp_path, monkeypatch):
+    import bert.data.prepare as prepare
+
+    monkeypatch.setattr(prepare, "DOCS_PER_BATCH", 16)  # 114 train documents -> 7 groups, so workers start
+    one = run_prepare(config(tmp_path, num_proc=1), output_dir=tmp_path / "one", progress=False)
+    two = run_prepare(config(tmp_path, num_proc=2), output_dir=tmp_path / "two", progress=False)
+    assert load_prepared(one)[0]["train"]["input_ids"] == load_prepared(two)[0]["train"]["input_ids"]

@@ -6,7 +6,7 @@ import pytest
 
 from bert.data.synthetic import synthetic_documents
 from bert.errors import UserError
-from bert.tokenizer import load_tokenizer, save_tokenizer, special_ids, train_tokenizer
+from bert.tokenizer import SPECIAL_TOKENS, load_tokenizer, save_tokenizer, special_ids, train_tokenizer
 
 TEXTS = [s for d in synthetic_documents(200, seed=0) for s in d.sentences] + ["Café déjà vu. Hello, World!"] * 3
 
@@ -68,3 +68,12 @@ def test_load_errors(tmp_path):
     (tmp_path / "vocab.txt").write_text("a\nb\n")
     with pytest.raises(UserError, match=r"no \[PAD\] token"):
         load_tokenizer(tmp_path / "vocab.txt")
+
+
+def test_training_is_deterministic_with_alphabet():
+    alphabet = set("".join(TEXTS))
+    vocabs = [train_tokenizer(iter(TEXTS), vocab_size=300, alphabet=alphabet).get_vocab() for _ in range(3)]
+    assert vocabs[0] == vocabs[1] == vocabs[2]
+    tok = train_tokenizer(TEXTS, vocab_size=300)
+    assert sorted(str(t) for t in tok.get_added_tokens_decoder().values()) == sorted(SPECIAL_TOKENS)
+    assert "##a" not in tok.encode("x ##a", add_special_tokens=False).tokens  # "##x" is not matched literally

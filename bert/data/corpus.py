@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import csv
 import glob
-import io
 import json
 import os
 import re
@@ -321,24 +320,11 @@ def _csv_documents(path: Path, column: str, stats: CorpusStats, errors: str) -> 
     reader = _LineReader(path, stats, errors)
     csv.field_size_limit(MAX_LINE_BYTES * 16)
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    rows = csv.DictReader(_LineStream(reader.lines()), delimiter=delimiter)
+    rows = csv.DictReader(reader.lines(), delimiter=delimiter)
     if rows.fieldnames is None or column not in rows.fieldnames:
         found = ", ".join(rows.fieldnames or [])
         raise UserError(f"{path}: no text column '{column}' (found: {found or 'nothing'}); set data.text_column")
     yield from _record_documents((row[column] for row in rows), str(path), column, stats)
-
-
-class _LineStream(io.TextIOBase):
-    """A file-like view of decoded lines, for csv.reader."""
-
-    def __init__(self, lines: Iterator[str]) -> None:
-        self._lines = lines
-
-    def __iter__(self) -> Iterator[str]:
-        return self._lines
-
-    def __next__(self) -> str:
-        return next(self._lines)
 
 
 def _parquet_documents(path: Path, column: str, stats: CorpusStats) -> Iterator[Document]:

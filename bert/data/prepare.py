@@ -6,10 +6,12 @@ Stages, each bounded in memory (the corpus is never held as Python lists):
 2. split by document: a seeded permutation holds out `validation_fraction` of the documents (at least one when
    there are two or more), and shuffles the order of the rest;
 3. tokenizer: trained from the Arrow file's sentences (`tokenizers` WordPiece) or loaded from data.tokenizer;
-4. instances: `datasets.map` over batches of shuffled documents (num_proc workers) encodes all sentences of a
-   batch with one `encode_batch_fast` call and builds instances with Google's rules (`instances.py`); a random
-   "B" comes from another document of the same batch, which, the documents being shuffled, is a random
-   document of the corpus;
+4. instances: the shuffled documents are written in groups of about 256 (one group an Arrow row), then
+   `datasets.map` over the groups (num_proc workers) encodes all sentences of a group with one
+   `encode_batch_fast` call and builds instances with Google's rules (`instances.py`); a random "B" comes from
+   another document of the same group, which, the documents being shuffled, is a random document of the
+   corpus; each group's `random.Random` is seeded by (seed, split, group index), so num_proc never changes
+   the result;
 5. finish: instances are shuffled, numbered (`id`, stable) and, with static masking, masked; each split is
    written with `save_to_disk` in shards, with `tokenizer/` (Hugging Face layout) and `meta.json`.
 
@@ -42,7 +44,7 @@ FORMAT_VERSION = 1
 COMPLETE_MARKER = "COMPLETE"
 """File written last into a prepared folder."""
 DOCS_PER_BATCH = 256
-"""Documents per `datasets.map` batch in the instance stage (random B documents come from the same batch)."""
+"""Documents per group in the instance stage (random B documents come from the same group)."""
 _IGNORED_SETTINGS = {"num_proc", "cache_dir", "prepared_dir"}
 """DataConfig fields that do not change the prepared data (left out of the cache key)."""
 
@@ -111,8 +113,10 @@ def _documents(data_cfg: Any, inputs: list[Any], stats: CorpusStats) -> Iterator
     )
 
 
-def _write_documents(documents: Iterator[Document], path: Path, progress: bool) -> int:
-    """Stream documents into an Arrow stream file, a batch at a time; returns the number written."""
+def _write_documents(documents: Iterator[Document], path: Path, progress: bool, alphabet: set[str]) -> int:
+    """Stream documents into an Arrow stream file, a batch at a time; returns the number written.
+
+    Also collects the corpus's characters into `alphabet` (for deterministic tokenizer training)."""
     import pyarrow as pa
     from tqdm.auto import tqdm
 
@@ -124,7 +128,9 @@ def _write_documents(documents: Iterator[Document], path: Path, progress: bool) 
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
         for doc in tqdm(documents, desc="reading", unit=" docs", disable=not progress):
             buffer.append(doc.sentences)
-            chars += sum(len(s) for s in doc.sentences)
+            text = "".join(doc.sentences)
+            alphabet.update(text)
+            chars += len(text)
             count += 1
             if len(buffer) >= 1000 or chars > 32 << 20:
                 writer.write_batch(pa.record_batch([pa.array(buffer, kind)], schema=schema))
@@ -148,9 +154,35 @@ def _split_indices(num_documents: int, fraction: float, seed: int) -> tuple[np.n
 # -------------------------------------------------------------------------------------------- map steps
 
 
+def _write_groups(docs: Any, indices: np.ndarray, path: Path) -> int:
+    """Write the documents `indices` (in that order) as groups of about DOCS_PER_BATCH, one group a row.
+
+    Grouping here, not by `map`'s batches, keeps the result independent of num_proc: `map` splits a dataset
+    into contiguous shards per worker, which would move batch edges and so change which documents meet."""
+    import pyarrow as pa
+
+    size = DOCS_PER_BATCH
+    while len(indices) % size == 1 and len(indices) > 1:  # never a last group of one lone document
+        size += 1
+    kind = pa.list_(pa.list_(pa.string()))
+    schema = pa.schema([("documents", kind)])
+    groups = 0
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+        rows: list[list[list[str]]] = []
+        for batch in docs.select(indices).iter(batch_size=size):
+            rows.append(batch["sentences"])
+            groups += 1
+            if len(rows) >= 8:
+                writer.write_batch(pa.record_batch([pa.array(rows, kind)], schema=schema))
+                rows = []
+        if rows:
+            writer.write_batch(pa.record_batch([pa.array(rows, kind)], schema=schema))
+    return groups
+
+
 def _make_instances(batch: dict[str, list], indices: list[int], tokenizer: Any, options: dict) -> dict[str, list]:
-    """Encode every sentence of a batch of documents at once, then build the batch's instances."""
-    docs = batch["sentences"]
+    """One group of documents: encode all its sentences in one call, then build the group's instances."""
+    (docs,) = batch["documents"]  # batch_size=1: one group
     flat = [s for doc in docs for s in doc]
     encoded = tokenizer.encode_batch_fast(flat, add_special_tokens=False) if flat else []
     tokenized: list[list[list[int]]] = []
@@ -158,8 +190,8 @@ def _make_instances(batch: dict[str, list], indices: list[int], tokenizer: Any, 
     for doc in docs:
         tokenized.append([e.ids for e in encoded[k : k + len(doc)] if e.ids])
         k += len(doc)
-    # Seeded by the first document's index: the result does not depend on num_proc or scheduling.
-    rng = random.Random(f"{options['seed']}:{options['split']}:{indices[0] if indices else 0}")
+    # Seeded by the group's index: the result does not depend on num_proc or scheduling.
+    rng = random.Random(f"{options['seed']}:{options['split']}:{indices[0]}")
     instances = create_instances(
         tokenized,
         options["max_seq_length"],
@@ -228,7 +260,7 @@ def _features(nsp: bool, static: bool) -> Any:
 # ------------------------------------------------------------------------------------------------- main
 
 
-def _resolve_tokenizer(data_cfg: Any, docs: Any, progress: bool) -> Any:
+def _resolve_tokenizer(data_cfg: Any, docs: Any, alphabet: set[str], progress: bool) -> Any:
     from bert.tokenizer import load_tokenizer, train_tokenizer
 
     if data_cfg.tokenizer:
@@ -236,16 +268,17 @@ def _resolve_tokenizer(data_cfg: Any, docs: Any, progress: bool) -> Any:
 
     def texts() -> Iterator[list[str]]:
         for batch in docs.iter(batch_size=64):
-            for sentences in batch["sentences"]:
-                yield sentences
+            yield from batch["sentences"]
 
-    return train_tokenizer(texts(), data_cfg.vocab_size, data_cfg.lowercase, show_progress=progress)
+    return train_tokenizer(
+        texts(), data_cfg.vocab_size, data_cfg.lowercase, alphabet=alphabet, show_progress=progress
+    )
 
 
-def _num_proc(data_cfg: Any, num_batches: int) -> int | None:
+def _num_proc(data_cfg: Any, num_groups: int) -> int | None:
     wanted = data_cfg.num_proc if data_cfg.num_proc is not None else (os.cpu_count() or 1)
     # Worker start-up costs about a second; small inputs are faster in this process.
-    return min(wanted, num_batches) if num_batches >= 4 and wanted > 1 else None
+    return min(wanted, num_groups) if num_groups >= 4 and wanted > 1 else None
 
 
 def _build_split(
@@ -273,20 +306,17 @@ def _build_split(
     if len(indices) == 0:
         instances = Dataset.from_dict({k: [] for k in instance_features}, features=Features(instance_features))
     else:
-        subset = docs.select(indices)
-        batch_size = DOCS_PER_BATCH
-        while len(indices) % batch_size == 1 and len(indices) > 1:  # never a last batch of one lone document
-            batch_size += 1
-        num_batches = -(-len(indices) // batch_size)
-        instances = subset.map(
+        num_groups = _write_groups(docs, indices, work / f"groups_{split}.arrow")
+        groups = Dataset.from_file(str(work / f"groups_{split}.arrow"))
+        instances = groups.map(
             _make_instances,
             batched=True,
-            batch_size=batch_size,
+            batch_size=1,
             with_indices=True,
-            remove_columns=["sentences"],
+            remove_columns=["documents"],
             features=Features(instance_features),
             fn_kwargs={"tokenizer": tokenizer, "options": options},
-            num_proc=_num_proc(data_cfg, num_batches),
+            num_proc=_num_proc(data_cfg, num_groups),
             cache_file_name=str(work / f"instances_{split}.arrow"),
             new_fingerprint=f"instances-{split}",
             desc=f"pairing {split}",
@@ -378,13 +408,14 @@ def run_prepare(cfg: Any, output_dir: str | Path | None = None, force: bool = Fa
     try:
         scratch = work / "scratch"
         scratch.mkdir()
-        num_docs = _write_documents(_documents(data_cfg, inputs, stats), scratch / "documents.arrow", progress)
+        alphabet: set[str] = set()
+        num_docs = _write_documents(_documents(data_cfg, inputs, stats), scratch / "documents.arrow", progress, alphabet)
         if num_docs == 0:
             raise UserError(f"{', '.join(data_cfg.corpus)}: the corpus holds no text (0 documents)")
         docs = datasets.Dataset.from_file(str(scratch / "documents.arrow"))
         train_idx, val_idx = _split_indices(num_docs, data_cfg.validation_fraction, data_cfg.seed)
 
-        tokenizer = _resolve_tokenizer(data_cfg, docs, progress)
+        tokenizer = _resolve_tokenizer(data_cfg, docs, alphabet, progress)
         save_tokenizer(tokenizer, work / "tokenizer", model_max_length=max(512, data_cfg.max_seq_length))
         splits = {}
         for split, idx in (("train", train_idx), ("validation", val_idx)):

@@ -57,12 +57,15 @@ class BertPreTrainedModel(nn.Module):
                 nn.init.zeros_(module.bias)
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, **config_overrides: Any):
+    def from_pretrained(
+        cls, folder: str | Path, ignore_mismatched_sizes: bool = False, **config_overrides: Any
+    ):
         """Load a Hugging Face BERT folder or this project's (config.json + weights).
 
         `config_overrides` replace config fields, e.g. attn_implementation='unpadded' or num_labels=3.
         Weights the checkpoint lacks (e.g. the MLM/NSP heads of a bare BertModel checkpoint) keep their
-        initialisation, with a warning naming them.
+        initialisation, with a warning naming them. A weight whose shape differs from the model's is an error,
+        or, with `ignore_mismatched_sizes` (e.g. a classifier with another num_labels), initialised anew.
         """
         folder = Path(folder)
         if not (folder / "config.json").is_file():
@@ -71,8 +74,11 @@ class BertPreTrainedModel(nn.Module):
         model = cls(config)
         state = convert.normalize_keys(convert.read_state_dict(folder), cls.base_model_prefix)
         own = model.state_dict()
-        for key, value in state.items():
+        for key, value in list(state.items()):
             if key in own and own[key].shape != value.shape:
+                if ignore_mismatched_sizes:
+                    del state[key]
+                    continue
                 raise UserError(
                     f"{folder}: weight {key} has shape {tuple(value.shape)}, the model expects "
                     f"{tuple(own[key].shape)} (check config.json)"

@@ -1,0 +1,150 @@
+"""Benchmark `bert prepare` end to end on ../shared/data/corpus against the raw `tokenizers` floor.
+
+    python scripts/bench_prepare.py                 # the corpus once
+    python scripts/bench_prepare.py --repeat 4      # also the corpus four times: peak memory must not grow much
+
+For each corpus size it runs `bert prepare` in a child process (fresh output folder), samples the resident
+memory of that process and all its children (worker processes included) every 50 ms, and prints wall time,
+peak RSS and tokens per second. The floor is what `tokenizers` alone needs on the same text in this process:
+train a WordPiece vocabulary of the same size from the raw lines, then `encode_batch` every line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CORPUS = ROOT.parent / "shared" / "data" / "corpus"
+TEXT_SUFFIXES = {".txt"}
+
+
+def _tree_rss_kb(pid: int) -> int:
+    """Sum of VmRSS over `pid` and its descendants (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry))
+    total, stack = 0, [pid]
+    while stack:
+        current = stack.pop()
+        try:
+            for line in Path(f"/proc/{current}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+        stack.extend(children.get(current, []))
+    return total
+
+
+def run_prepare(corpus: list[str], out: Path, extra: list[str]) -> dict:
+    command = [sys.executable, "-m", "bert.cli", "prepare", f"data.corpus={json.dumps(corpus)}",
+               "--output", str(out), "--force", *extra]  # fmt: skip
+    started = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    peak = 0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, _tree_rss_kb(process.pid))
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    stdout, _ = process.communicate()
+    wall = time.perf_counter() - started
+    done.set()
+    sampler.join()
+    if process.returncode != 0:
+        raise SystemExit(f"bert prepare failed ({process.returncode}):\n{stdout}")
+    meta = json.loads((out / "meta.json").read_text())
+    counts = meta["counts"]
+    tokens = counts["train"]["tokens"] + counts["validation"]["tokens"]
+    return {"wall_s": wall, "peak_rss_mb": peak / 1024, "tokens": tokens, "summary": stdout.strip()}
+
+
+def tokenizers_floor(files: list[Path], vocab_size: int) -> dict:
+    """Train + encode with `tokenizers` alone on the raw non-empty lines (the fastest this can be)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+    lines = []
+    for path in files:
+        lines.extend(line for line in path.read_text(errors="replace").splitlines() if line.strip())
+    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"], show_progress=False
+    )
+    started = time.perf_counter()
+    tokenizer.train_from_iterator(lines, trainer)
+    trained = time.perf_counter()
+    encoded = tokenizer.encode_batch_fast(lines, add_special_tokens=False)
+    done = time.perf_counter()
+    return {
+        "train_s": trained - started,
+        "encode_s": done - trained,
+        "tokens": sum(len(e.ids) for e in encoded),
+        "words": sum(len(line.split()) for line in lines),
+    }
+
+
+def repeated_corpus(files: list[Path], times: int, folder: Path) -> list[str]:
+    """`times` copies of the corpus as symlinks under distinct folders (distinct documents to the reader)."""
+    for copy in range(times):
+        for path in files:
+            target = folder / f"copy{copy}" / path.relative_to(CORPUS)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.symlink_to(path)
+    return [str(folder)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=1, help="also prepare the corpus repeated this many times")
+    parser.add_argument("--vocab-size", type=int, default=30522)
+    parser.add_argument("overrides", nargs="*", help="extra key=value overrides for bert prepare")
+    args = parser.parse_args()
+    if not CORPUS.is_dir():
+        raise SystemExit(f"{CORPUS} not found")
+    files = sorted(p for p in CORPUS.rglob("*") if p.suffix in TEXT_SUFFIXES)
+    extra = [f"data.vocab_size={args.vocab_size}", *args.overrides]
+    print(f"corpus {CORPUS}: {len(files)} files, {sum(p.stat().st_size for p in files) / 1e6:.1f} MB; "
+          f"{os.cpu_count()} CPUs; load {os.getloadavg()[0]:.2f}")  # fmt: skip
+
+    floor = tokenizers_floor(files, args.vocab_size)
+    floor_s = floor["train_s"] + floor["encode_s"]
+    print(f"tokenizers floor : train {floor['train_s']:.2f} s + encode {floor['encode_s']:.2f} s = {floor_s:.2f} s "
+          f"({floor['words'] / 1e6:.2f}M words, {floor['tokens'] / 1e6:.2f}M tokens)")  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        once = run_prepare([str(CORPUS)], Path(tmp) / "once", extra)
+        print(once["summary"])
+        print(f"bert prepare x1  : {once['wall_s']:.2f} s wall, peak RSS {once['peak_rss_mb']:.0f} MB, "
+              f"{once['tokens'] / once['wall_s'] / 1e3:.0f}k tokens/s; {once['wall_s'] / floor_s:.2f}x the floor")  # fmt: skip
+        if args.repeat > 1:
+            corpus = repeated_corpus(files, args.repeat, Path(tmp) / "repeated")
+            many = run_prepare(corpus, Path(tmp) / "many", extra)
+            print(f"bert prepare x{args.repeat}  : {many['wall_s']:.2f} s wall, peak RSS {many['peak_rss_mb']:.0f} MB, "
+                  f"{many['tokens'] / many['wall_s'] / 1e3:.0f}k tokens/s")  # fmt: skip
+            print(f"peak memory x{args.repeat} / x1 = {many['peak_rss_mb'] / once['peak_rss_mb']:.2f} (goal < 1.5); "
+                  f"time x{args.repeat} / x1 = {many['wall_s'] / once['wall_s']:.2f}")  # fmt: skip
+    print(f"load after: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""`bert bench`: the realistic batch and a tiny end-to-end run (no timing asserted)."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from bert.bench import realistic_batch
+from bert.cli import main
+
+
+def test_realistic_batch_has_pretraining_shape_and_statistics():
+    batch = realistic_batch(64, 128, 1000, torch.Generator().manual_seed(0))
+    mask = batch["attention_mask"]
+    assert mask.shape == (64, 128)
+    assert 0.65 < mask.float().mean() < 0.85  # about 75% real tokens
+    assert (mask[:, 0] == 1).all()
+    positions, labels = batch["masked_lm_positions"], batch["masked_lm_labels"]
+    used = labels != -100
+    assert positions.shape[1] == used.sum(1).max() <= 20
+    assert (positions[~used] == 0).all()
+    rows = torch.arange(64).unsqueeze(1).expand_as(positions)
+    assert (batch["input_ids"][rows[used], positions[used]] == 4).all()  # [MASK] at every used slot
+    assert (mask[rows[used], positions[used]] == 1).all()
+
+
+def test_bench_command_runs_both_models(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    args = [
+        "bench",
+        "--model",
+        "tiny",
+        "--batch-size",
+        "2",
+        "--seq-len",
+        "16",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+    ]
+    assert main([*args, "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["ours"]["tokens_per_s"] > 0 and result["reference"]["tokens_per_s"] > 0
+    assert "speedup" in capsys.readouterr().out

@@ -1,0 +1,32 @@
+"""Training FLOPs per token against a hand count, and MFU on CPU."""
+
+from __future__ import annotations
+
+import pytest
+
+from bert.model.config import BertConfig
+from bert.model.flops import encoder_matmul_params, mfu, training_flops_per_token
+
+
+def test_flops_per_token_matches_a_hand_count():
+    config = BertConfig(
+        vocab_size=10, hidden_size=4, num_hidden_layers=2, num_attention_heads=2, intermediate_size=8
+    )
+    # Per layer: Q, K, V, output 4 * 4x4 = 64 weights, feed-forward 4x8 + 8x4 = 64 -> 128; two layers 256.
+    assert encoder_matmul_params(config) == 256
+    dense = 6 * 256
+    attention = 2 * 3 * (2 * 4 * 4 + 2 * 4 * 4)  # layers x (fwd+bwd) x (QK^T + AV: 2 * T * H each), T = 4
+    mlm = 6 * (4 * 4 + 4 * 10) * 0.5  # transform + decoder, half the tokens masked
+    pooler_nsp = 6 * (4 * 4 + 4 * 2) / 4  # once per sequence of 4 tokens
+    assert training_flops_per_token(config, seq_len=4, masked_fraction=0.5) == pytest.approx(
+        dense + attention + mlm + pooler_nsp
+    )
+
+
+def test_bert_base_is_about_six_times_85m_params():
+    flops = training_flops_per_token(BertConfig(), seq_len=128)
+    assert 6 * 85e6 < flops < 6 * 110e6
+
+
+def test_mfu_is_none_on_cpu():
+    assert mfu(1e12, "cpu") is None

@@ -1,0 +1,177 @@
+"""Mask rules: padding never moves real outputs, paths agree, no NaN in low precision, no mask when unpadded."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import bert.model.attention as attention
+from bert.model.masking import PaddedLayout, UnpaddedLayout, build_layout
+from bert.model.modeling import BertForPreTraining, BertModel
+from tests.model_helpers import make_batch, masked_positions, tiny_config
+
+PATHS = ["eager", "sdpa", "unpadded"]
+
+
+def _shared_weights(config_kwargs: dict, paths=PATHS) -> dict[str, BertModel]:
+    torch.manual_seed(0)
+    first = BertModel(tiny_config(attn_implementation=paths[0], **config_kwargs)).eval()
+    models = {paths[0]: first}
+    for path in paths[1:]:
+        model = BertModel(tiny_config(attn_implementation=path, **config_kwargs)).eval()
+        model.load_state_dict(first.state_dict())
+        models[path] = model
+    return models
+
+
+@pytest.mark.parametrize("pre_ln", [False, True])
+def test_all_paths_agree_in_fp32(pre_ln):
+    models = _shared_weights({"pre_layer_norm": pre_ln})
+    batch = make_batch([12, 7, 1, 0], 12, 99)
+    real = batch["attention_mask"].bool()
+    with torch.no_grad():
+        outs = {path: m(**batch) for path, m in models.items()}
+    for path in ("sdpa", "unpadded"):
+        torch.testing.assert_close(
+            outs[path].last_hidden_state[real], outs["eager"].last_hidden_state[real], atol=1e-5, rtol=0
+        )
+        torch.testing.assert_close(
+            outs[path].pooler_output[:3], outs["eager"].pooler_output[:3], atol=1e-5, rtol=0
+        )
+
+
+@pytest.mark.parametrize("pre_ln", [False, True])
+@pytest.mark.parametrize("path", PATHS)
+def test_padding_never_changes_real_outputs(path, pre_ln):
+    torch.manual_seed(0)
+    model = BertModel(tiny_config(attn_implementation=path, pre_layer_norm=pre_ln)).eval()
+    batch = make_batch([9, 5], 9, 99)
+    longer = make_batch([9, 5], 20, 99)
+    longer["input_ids"][:, :9] = batch["input_ids"]
+    longer["token_type_ids"][:, :9] = batch["token_type_ids"]
+    longer["input_ids"][1, 5:] = torch.randint(5, 99, (15,))  # junk under the padding must not matter
+    longer["token_type_ids"][1, 5:] = 1
+    with torch.no_grad():
+        short_out = model(**batch)
+        long_out = model(**longer)
+    real = batch["attention_mask"].bool()
+    torch.testing.assert_close(
+        long_out.last_hidden_state[:, :9][real], short_out.last_hidden_state[real], atol=1e-5, rtol=0
+    )
+    torch.testing.assert_close(long_out.pooler_output, short_out.pooler_output, atol=1e-5, rtol=0)
+    # Row 1 alone, without any padding, gives the same real outputs.
+    alone = {k: v[1:, :5] for k, v in batch.items()}
+    with torch.no_grad():
+        alone_out = model(**alone)
+    torch.testing.assert_close(
+        alone_out.last_hidden_state[0], short_out.last_hidden_state[1, :5], atol=1e-5, rtol=0
+    )
+
+
+def test_unpadded_pretraining_equals_padded_with_dropout_off():
+    torch.manual_seed(0)
+    padded = BertForPreTraining(tiny_config(attn_implementation="sdpa")).eval()
+    unpadded = BertForPreTraining(tiny_config(attn_implementation="unpadded")).eval()
+    unpadded.load_state_dict(padded.state_dict())
+    lengths = [16, 3, 10, 0]
+    batch = make_batch(lengths, 16, 99)
+    positions, _ = masked_positions(lengths, 5)
+    with torch.no_grad():
+        a = padded(**batch, masked_lm_positions=positions)
+        b = unpadded(**batch, masked_lm_positions=positions)
+    has_tokens = batch["attention_mask"].any(1)
+    torch.testing.assert_close(
+        b.prediction_logits[has_tokens], a.prediction_logits[has_tokens], atol=1e-5, rtol=0
+    )
+    torch.testing.assert_close(
+        b.seq_relationship_logits[has_tokens], a.seq_relationship_logits[has_tokens], atol=1e-5, rtol=0
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("path", PATHS)
+def test_low_precision_with_fully_padded_rows_has_no_nan(path, dtype):
+    torch.manual_seed(0)
+    model = BertForPreTraining(tiny_config(attn_implementation=path)).eval()
+    lengths = [12, 0, 4]
+    batch = make_batch(lengths, 12, 99)
+    positions, _ = masked_positions(lengths, 3)
+    with torch.no_grad():
+        cast = model.to(dtype)(**batch, masked_lm_positions=positions)
+        model.float()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            auto = model(**batch, masked_lm_positions=positions)
+    for out in (cast, auto):
+        assert torch.isfinite(out.prediction_logits).all()
+        assert torch.isfinite(out.seq_relationship_logits).all()
+
+
+def test_eager_probabilities_ignore_padding_and_fully_padded_rows_attend_everywhere():
+    torch.manual_seed(0)
+    model = BertModel(tiny_config(attn_implementation="eager")).eval()
+    batch = make_batch([6, 0], 8, 99)
+    with torch.no_grad():
+        out = model(**batch, output_attentions=True)
+    probs = out.attentions[0]  # (B, A, T, T)
+    assert probs.shape == (2, 4, 8, 8)
+    assert probs[0, :, :, 6:].abs().max() == 0  # padded keys get exactly zero weight
+    torch.testing.assert_close(probs.sum(-1), torch.ones(2, 4, 8))
+    # A row without real tokens is treated as all real (finite, cannot affect other rows).
+    unmasked = {**batch, "attention_mask": torch.ones_like(batch["attention_mask"])}
+    with torch.no_grad():
+        reference = model(**unmasked, output_attentions=True).attentions[0]
+    torch.testing.assert_close(probs[1], reference[1])
+
+
+@pytest.mark.parametrize("path", ["sdpa", "unpadded"])
+def test_no_mask_reaches_sdpa_when_nothing_is_padded(path, monkeypatch):
+    seen = []
+    original = F.scaled_dot_product_attention
+
+    def spy(*args, attn_mask=None, **kwargs):
+        seen.append(attn_mask)
+        return original(*args, attn_mask=attn_mask, **kwargs)
+
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", spy)
+    model = BertModel(tiny_config(attn_implementation=path)).eval()
+    with torch.no_grad():
+        model(**make_batch([8, 8], 8, 99))
+        assert seen and all(mask is None for mask in seen)
+        seen.clear()
+        model(**make_batch([8, 5], 8, 99))
+        assert seen and all(mask is not None for mask in seen)
+
+
+def test_layouts_by_path():
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    assert build_layout(None, 2, 4, "unpadded", mask.device).key_mask is None
+    assert build_layout(torch.ones_like(mask), 2, 4, "sdpa", mask.device).key_mask is None
+    padded = build_layout(mask, 2, 4, "sdpa", mask.device)
+    assert isinstance(padded, PaddedLayout) and padded.key_mask.shape == (2, 1, 1, 4)
+    unpadded = build_layout(mask, 2, 4, "unpadded", mask.device)
+    assert isinstance(unpadded, UnpaddedLayout)
+    assert unpadded.indices.tolist() == [0, 1, 2, 4, 5]
+    assert unpadded.cu_seqlens.tolist() == [0, 3, 5] and unpadded.max_seqlen == 3
+    hidden = torch.arange(5.0).unsqueeze(1)  # (N, 1): row r holds r
+    assert unpadded.gather(hidden, torch.tensor([[2, 0], [1, 3]])).squeeze(-1).tolist() == [[2, 0], [4, 0]]
+    assert unpadded.to_padded(hidden).squeeze(-1).tolist() == [[0, 1, 2, 0], [3, 4, 0, 0]]
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_mlm_head_runs_only_at_masked_positions(path):
+    torch.manual_seed(0)
+    model = BertForPreTraining(tiny_config(attn_implementation=path)).eval()
+    rows_seen = []
+    model.cls.predictions.transform.register_forward_hook(
+        lambda m, args, out: rows_seen.append(args[0].shape)
+    )
+    lengths = [16, 9]
+    batch = make_batch(lengths, 16, 99)
+    positions, _ = masked_positions(lengths, 3)
+    with torch.no_grad():
+        out = model(**batch, masked_lm_positions=positions)
+        full = model(**batch)
+    assert rows_seen[0] == (2, 3, 32)  # the transform saw (B, P, H), never (B, T, H)
+    assert out.prediction_logits.shape == (2, 3, 99)
+    assert full.prediction_logits.shape == (2, 16, 99)

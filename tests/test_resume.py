@@ -1,0 +1,157 @@
+"""Fault tolerance of pretraining: exact resume after SIGKILL and SIGTERM, data position, broken checkpoints."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pretrain_utils import prepare_tiny, pretrain_here, recorded_ids, run_cli  # noqa: E402
+
+from bert import checkpoint as ckpt  # noqa: E402
+from bert.dist import ShardedBatchSampler  # noqa: E402
+
+# Dropout stays on: an exact resume must restore the RNG too. Evaluation every 2 steps.
+RUN = ("train.eval_every=2", "train.record_example_ids=true")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    cache_dir = tmp_path_factory.getbasetemp() / "prepared"
+    prepare_tiny(cache_dir)
+    return cache_dir
+
+
+@pytest.fixture(scope="module")
+def reference(cache, tmp_path_factory) -> Path:
+    """An uninterrupted run of 6 steps."""
+    run = tmp_path_factory.mktemp("reference")
+    pretrain_here(cache, run, *RUN)
+    return run
+
+
+def _state(run: Path, step: int = 6) -> dict:
+    folder = ckpt.step_folder(run, step)
+    return {
+        "model": (folder / "model.safetensors").read_bytes(),
+        "optimizer": torch.load(folder / "optimizer.bin", weights_only=False),
+        "rng": (folder / "random_states_0.pkl").read_bytes(),
+        "data": ckpt.read_meta(folder)["data"],
+    }
+
+
+def _next_batch(cache: Path, run: Path, step: int = 6) -> dict[str, torch.Tensor]:
+    """The batch training would read next, from the data position saved in the checkpoint."""
+    from bert.config import DataConfig
+    from bert.data.collator import build_collator
+    from bert.data.prepare import load_prepared
+    from bert.dist import EpochDataset
+
+    position = ckpt.read_meta(ckpt.step_folder(run, step))["data"]
+    prepared = next(p for p in cache.iterdir() if (p / "meta.json").exists())
+    splits, _ = load_prepared(prepared)
+    sampler = ShardedBatchSampler(len(splits["train"]), 4, 1, 0, 42, position["epoch"], position["index"])
+    keys = next(iter(sampler))
+    collator = build_collator(prepared, DataConfig(max_predictions_per_seq=5), seed=42)
+    return collator([EpochDataset(splits["train"])[key] for key in keys])
+
+
+def _assert_same(a: dict, b: dict) -> None:
+    assert a["model"] == b["model"], "model weights differ"
+    assert a["data"] == b["data"], "data positions differ"
+    assert a["rng"] == b["rng"], "RNG states differ"
+    opt_a, opt_b = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert opt_a.keys() == opt_b.keys()
+    for key in opt_a:
+        for name in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(opt_a[key][name], opt_b[key][name]), f"optimizer {name} of {key} differs"
+
+
+def _refinalize(folder: Path, meta: dict) -> None:
+    """Rewrite a checkpoint's meta.json and its marker (keeps it 'complete')."""
+    (folder / ckpt.MARKER).unlink()
+    temp = folder.parent / f".tmp-{folder.name}"
+    folder.rename(temp)
+    ckpt.finalize(temp, folder, meta)
+
+
+def test_sigkill_then_rerun_is_bit_identical(cache, reference, tmp_path):
+    run = tmp_path / "run"
+    killed = run_cli(cache, run, *RUN, "train.debug_signal=SIGKILL@5")
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert ckpt.latest_checkpoint(run) == ckpt.step_folder(run, 4)
+    # A broken newer checkpoint (truncated weights, marker present) must be ignored in favour of step 4.
+    broken = ckpt.step_folder(run, 5)
+    shutil.copytree(ckpt.step_folder(run, 4), broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    result = pretrain_here(cache, run, *RUN)  # the same command again
+    assert result["step"] == 6 and not result["stopped"]
+    _assert_same(_state(run), _state(reference))
+    a, b = _next_batch(cache, run), _next_batch(cache, reference)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_negative_control_data_position_not_restored(cache, reference, tmp_path):
+    run = tmp_path / "run"
+    assert run_cli(cache, run, *RUN, "train.debug_signal=SIGKILL@5").returncode == -9
+    folder = ckpt.step_folder(run, 4)
+    meta = ckpt.read_meta(folder)
+    meta["data"].update(epoch=0, index=0)  # as if the loader restarted from the beginning
+    _refinalize(folder, meta)
+    pretrain_here(cache, run, *RUN)
+    with pytest.raises(AssertionError, match="differ"):
+        _assert_same(_state(run), _state(reference))
+
+
+@pytest.mark.parametrize("where,saved", [("SIGTERM@3", 3), ("SIGTERM@eval:4", 4)])
+def test_sigterm_saves_the_current_step_and_resumes_exactly(cache, reference, tmp_path, where, saved):
+    run = tmp_path / "run"
+    if where == "SIGTERM@3":  # through the CLI: the exit status must be 0
+        stopped = run_cli(cache, run, *RUN, f"train.debug_signal={where}")
+        assert stopped.returncode == 0, stopped.stderr[-2000:]
+        assert "stop signal" in stopped.stdout
+    else:
+        assert pretrain_here(cache, run, *RUN, f"train.debug_signal={where}")["stopped"]
+    assert ckpt.latest_checkpoint(run) == ckpt.step_folder(run, saved)
+    assert not (run / "export").exists()
+    pretrain_here(cache, run, *RUN)
+    _assert_same(_state(run), _state(reference))
+    steps = [entry["step"] for entry in recorded_ids(run)]
+    assert steps == [1, 2, 3, 4, 5, 6]  # each step's data consumed once, none replayed
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_no_sample_repeated_or_skipped_across_resumes(cache, tmp_path, workers):
+    run = tmp_path / "run"
+    common = (
+        "train.batch_size=16",
+        "train.max_steps=20",
+        "train.save_every=0",
+        f"train.num_workers={workers}",
+        "train.record_example_ids=true",
+        "train.eval_batches=1",
+    )
+    # stop within epoch 0 (step 6), exactly at its end (15 batches of 16 from 243 examples), after it (17)
+    for stop in (6, 15, 17):
+        assert pretrain_here(cache, run, *common, f"train.debug_signal=SIGTERM@{stop}")["stopped"]
+    assert pretrain_here(cache, run, *common)["step"] == 20
+    consumed = [tuple(pair) for entry in recorded_ids(run) for pair in entry["examples"]]
+    from bert.data.prepare import load_prepared
+
+    prepared = next(p for p in cache.iterdir() if (p / "meta.json").exists())
+    ids = load_prepared(prepared)[0]["train"]["id"]  # the recorded ids are the examples' stable `id`s
+    expected_stream = iter(ShardedBatchSampler(len(ids), 16, 1, 0, seed=42))
+    expected = [(e, ids[i]) for _ in range(20) for e, i in next(expected_stream)]
+    assert consumed == expected
+    epoch0 = [i for e, i in consumed if e == 0]
+    assert len(epoch0) == len(set(epoch0)) == 15 * 16
+    epoch1 = [i for e, i in consumed if e == 1]
+    assert len(epoch1) == len(set(epoch1)) == 5 * 16
+    positions = [json.loads(line)["step"] for line in (run / "example_ids_rank0.jsonl").read_text().splitlines()]
+    assert positions == list(range(1, 21))
