@@ -17,6 +17,7 @@ with `attn_implementation: unpadded` the model drops the padding before the embe
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -269,6 +270,44 @@ def load_model(model_path: str | Path, task: Task, attn_implementation: str | No
     return model
 
 
+def build_finetune_optimizer(model: torch.nn.Module, cfg: Any) -> torch.optim.Optimizer:
+    """AdamW as `bert.optim.build_optimizer` builds it (no decay on biases and LayerNorm), but fused.
+
+    The fused kernel updates each tensor in one pass. On a 2-core CPU the default (foreach) AdamW step over
+    MiniLM's 22.7M parameters (half of them the word embeddings, which every step must update: Adam's moments
+    decay even for rows without gradient) cost 5-8x more than the fused one, about 15% of a fine-tuning step.
+    """
+    from bert.optim import build_optimizer, param_groups
+
+    if cfg.name != "adamw":
+        return build_optimizer(model, cfg)
+    groups = param_groups(model, cfg.weight_decay)
+    for group in groups:
+        group.pop("use_trust_ratio")
+    betas = (float(cfg.betas[0]), float(cfg.betas[1]))
+    return torch.optim.AdamW(
+        groups, lr=cfg.lr, betas=betas, eps=cfg.eps, weight_decay=cfg.weight_decay, fused=True
+    )
+
+
+def resolve_model_path(path: str | Path, output_dir: Path, write: bool = True) -> Path:
+    """A folder with config.json: the path itself, a run folder's `export/`, or a training checkpoint
+    (a step folder, or a run folder's latest) exported to `<output_dir>/init_model` first."""
+    from bert.checkpoint import CHECKPOINTS, MARKER, export_checkpoint
+
+    path = Path(path)
+    if (path / "config.json").is_file():
+        return path
+    if (path / "export" / "config.json").is_file():
+        return path / "export"
+    if (path / MARKER).is_file() or (path / CHECKPOINTS).is_dir():
+        target = output_dir / "init_model"
+        if write:
+            export_checkpoint(path, target)
+        return target
+    raise UserError(f"{path}: not a model folder (no config.json) nor a training checkpoint")
+
+
 def task_loss(logits: torch.Tensor, labels: torch.Tensor, regression: bool) -> torch.Tensor:
     """Cross-entropy over the labels, or mean squared error for regression; computed in fp32."""
     if regression:
@@ -401,9 +440,12 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     if not Path(cfg.model_path).is_dir():
         raise UserError(f"{cfg.model_path}: model folder not found")
     task = load_task(cfg.task)
-    tokenizer = load_tokenizer(cfg.model_path, cfg.train.max_length)
     accelerator, trackers, init_kwargs = _accelerator(cfg, with_trackers=True)
     out = Path(cfg.train.output_dir)
+    with accelerator.main_process_first():
+        model_path = resolve_model_path(cfg.model_path, out, accelerator.is_main_process)
+    cfg = dataclasses.replace(cfg, model_path=str(model_path))
+    tokenizer = load_tokenizer(cfg.model_path, cfg.train.max_length)
     with accelerator.main_process_first():  # the main process fills the tokenisation cache first
         data = _prepare_data(cfg, task, tokenizer)
     if accelerator.is_main_process:
@@ -439,13 +481,13 @@ def _train_one_seed(
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
 
-    from bert.optim import build_optimizer, build_scheduler
+    from bert.optim import build_scheduler
 
     started = time.perf_counter()
     set_seed(seed)
     train_cfg = cfg.train
     model = load_model(cfg.model_path, task, cfg.attn_implementation)
-    optimizer = build_optimizer(model, cfg.optimizer)
+    optimizer = build_finetune_optimizer(model, cfg.optimizer)
     sampler = LengthGroupedBatchSampler(
         data.train.lengths, train_cfg.batch_size, seed, train_cfg.mega_batch, group=train_cfg.group_by_length
     )

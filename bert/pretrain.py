@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
+import logging
 import os
 import resource
 import shutil
@@ -57,6 +57,8 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
 
     run_dir = Path(cfg.train.output_dir)
     k = cfg.train.gradient_accumulation_steps
+    # Accelerate warns at every save that the tied MLM decoder is stored once: expected, not worth a line
+    logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
 
     # --- where we start: the latest COMPLETE checkpoint of this run folder, if any
     resume_from = ckpt.latest_checkpoint(run_dir) if cfg.train.resume else None
@@ -181,7 +183,8 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         scale = k * num_processes  # undo backward's 1/k and DDP's 1/N: see the module docstring
 
         # (2) forward and backward of each micro-batch; gradients sync on the last one
-        step_sums = torch.zeros(4, dtype=torch.float64)  # mlm loss, nsp loss, mlm correct, nsp correct
+        # mlm loss, nsp loss, mlm correct, nsp correct: kept on the device, read once per step (no syncs)
+        step_sums = torch.zeros(4, dtype=torch.float64, device=accelerator.device)
         for i, batch in enumerate(micro):
             batch = {name: value.to(accelerator.device, non_blocking=True) for name, value in batch.items()}
             with accelerator.accumulate(model):
@@ -196,15 +199,9 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
                     nsp = outputs.seq_relationship_logits.sum() * 0.0
                 loss = losses["mlm_loss"] + nsp
                 accelerator.backward(loss * scale)
-                step_sums += torch.tensor(
-                    [
-                        losses["mlm_loss"].item(),
-                        nsp.item(),
-                        losses["mlm_correct"].item(),
-                        losses["nsp_correct"].item(),
-                    ],
-                    dtype=torch.float64,
-                )
+                step_sums += torch.stack(
+                    [losses["mlm_loss"].detach(), nsp.detach(), losses["mlm_correct"], losses["nsp_correct"]]
+                ).double()
                 if i == 0 and debug_at == ("step", step + 1):
                     os.kill(os.getpid(), debug_sig)  # testing aid: a signal in the middle of a step
                 if not accelerator.sync_gradients:
@@ -215,11 +212,13 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
                         if p.grad is not None:
                             p.grad.fill_(float("nan"))
                 max_norm = cfg.optimizer.max_grad_norm or float("inf")
-                grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), max_norm))
-                local_bad = not (math.isfinite(grad_norm) and math.isfinite(float(step_sums[:2].sum())))
-                reduced = _all_reduce(
-                    accelerator, [float(local_bad), float(stop.requested), *step_sums.tolist()]
-                )
+                norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
+                norm = torch.as_tensor(norm, device=accelerator.device).double().reshape(1)
+                local_bad = ~(torch.isfinite(norm) & torch.isfinite(step_sums[:2].sum()))
+                requested = torch.full((1,), float(stop.requested), dtype=torch.float64, device=norm.device)
+                # one collective per step: the NaN flag, the stop flag and the step's loss sums
+                reduced = _reduce_sum(accelerator, torch.cat([local_bad.double(), requested, step_sums]))
+                grad_norm = float(norm)
                 nonfinite, stop_now = reduced[0] > 0, reduced[1] > 0
                 if nonfinite:
                     _skip_step(accelerator, optimizer)
@@ -246,6 +245,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
             )
             if consecutive_nonfinite >= cfg.train.max_nonfinite_steps:
                 accelerator.end_training()
+                stop.restore()
                 latest = ckpt.latest_checkpoint(run_dir)
                 raise UserError(
                     f"stopping at step {step}: {consecutive_nonfinite} consecutive steps had a non-finite loss "
@@ -284,6 +284,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
             progress.close()
             _print(main, f"stop signal: saved step {step} to {ckpt.step_folder(run_dir, step)}; exiting 0")
             accelerator.end_training()
+            stop.restore()
             return {"step": step, "stopped": True, "history": history}
         if cfg.train.save_every and step % cfg.train.save_every == 0:
             save(accelerator, model, cfg, step, state)
@@ -396,7 +397,10 @@ def _nsp_count(batch: dict[str, torch.Tensor]) -> int:
 
 def _all_reduce(accelerator: Any, values: list[float]) -> list[float]:
     """Sum a few numbers over processes in one collective (float64 on the accelerator's device)."""
-    tensor = torch.tensor(values, dtype=torch.float64, device=accelerator.device)
+    return _reduce_sum(accelerator, torch.tensor(values, dtype=torch.float64, device=accelerator.device))
+
+
+def _reduce_sum(accelerator: Any, tensor: torch.Tensor) -> list[float]:
     if accelerator.num_processes > 1:
         tensor = accelerator.reduce(tensor, reduction="sum")
     return tensor.tolist()

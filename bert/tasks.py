@@ -169,7 +169,9 @@ class Task:
 
     def has_split(self, split: str) -> bool:
         """Whether the split exists (test sets are optional)."""
-        if self.config.name == "synthetic" or self.config.hf_dataset:
+        if self.config.hf_dataset:
+            return _HF_SPLITS.get(split, split) in _hf_split_names(self.config.hf_dataset)
+        if self.config.name == "synthetic" and not (self.config.data_dir or self.config.train_file):
             return True
         return self._split_path(split) is not None and self._split_path(split).is_file()
 
@@ -319,6 +321,17 @@ class Task:
         return out
 
 
+def _hf_split_names(name: str) -> list[str]:
+    """Split names of a Hugging Face dataset ('glue/mrpc': dataset glue, config mrpc); [] when unknown."""
+    import datasets
+
+    path, _, subset = name.partition("/")
+    try:
+        return list(datasets.get_dataset_split_names(path, subset or None))
+    except Exception:  # noqa: BLE001 - offline or unknown: then only train and dev are read
+        return []
+
+
 def _text(value: Any) -> str:
     return "" if value is None else str(value)
 
@@ -347,7 +360,9 @@ def load_task(cfg: TaskConfig, labels: list[str] | None = None) -> Task:
     metrics = spec.metrics
     if not metrics:  # a custom task: F1 of the second label too when there are two
         binary = task.labels is not None and len(task.labels) == 2
-        metrics = ("pearson", "spearman") if is_regression else ("accuracy", "f1") if binary else ("accuracy",)
+        metrics = (
+            ("pearson", "spearman") if is_regression else ("accuracy", "f1") if binary else ("accuracy",)
+        )
     main = spec.main_metric if spec.metrics else metrics[0]
     labels = None if task.labels is None else tuple(task.labels)
     task.spec = dataclasses.replace(spec, metrics=metrics, main_metric=main, labels=labels)

@@ -1,10 +1,10 @@
-"""WordPiece tokenizers: train one with `tokenizers`, load an existing one, save it in the Hugging Face layout.
+"""WordPiece tokenizers: train one with `tokenizers`, load an existing one, save it in the HF layout.
 
 A trained tokenizer is BERT's: BertNormalizer (uncased: lower-case and strip accents; cased: neither),
 BertPreTokenizer (split on whitespace and punctuation), a WordPiece model with "##" continuation pieces, the
 WordPiece decoder, and a template that adds [CLS] A [SEP] (B [SEP]) with token type 0 through the first [SEP]
 and 1 after. Special tokens come first: [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4. A loaded tokenizer keeps its
-own ids (e.g. [CLS]=101 in Google's vocabularies), so code looks ids up with `special_ids`, never hard-codes them.
+own ids (e.g. [CLS]=101 in Google's vocabularies): code looks ids up with `special_ids`, never hard-codes them.
 
 `save_tokenizer` writes tokenizer.json, vocab.txt, tokenizer_config.json (tokenizer_class BertTokenizerFast,
 do_lower_case) and special_tokens_map.json, so `transformers.AutoTokenizer.from_pretrained(folder)` loads it.
@@ -46,7 +46,9 @@ def special_ids(tokenizer: Tokenizer) -> SpecialIds:
     for token in SPECIAL_TOKENS:
         token_id = tokenizer.token_to_id(token)
         if token_id is None:
-            raise UserError(f"the tokenizer has no {token} token; a BERT WordPiece vocabulary needs {SPECIAL_TOKENS}")
+            raise UserError(
+                f"the tokenizer has no {token} token; a BERT WordPiece vocabulary needs {SPECIAL_TOKENS}"
+            )
         ids[token.strip("[]").lower()] = token_id
     return SpecialIds(**ids)
 

@@ -24,9 +24,21 @@ def examples(num: int, seq_len: int, vocab: int, rng: np.random.Generator) -> li
     for i in range(num):
         n = int(rng.integers(20, seq_len + 1)) if rng.random() < 0.2 else seq_len  # Google: mostly full
         split = int(rng.integers(2, n - 2))
-        ids = [101, *rng.integers(1000, vocab, split - 1).tolist(), 102, *rng.integers(1000, vocab, n - split - 2).tolist(), 102]
-        out.append({"input_ids": ids, "token_type_ids": [0] * (split + 1) + [1] * (n - split - 1),
-                    "next_sentence_label": i % 2, "id": i})  # fmt: skip
+        ids = [
+            101,
+            *rng.integers(1000, vocab, split - 1).tolist(),
+            102,
+            *rng.integers(1000, vocab, n - split - 2).tolist(),
+            102,
+        ]
+        out.append(
+            {
+                "input_ids": ids,
+                "token_type_ids": [0] * (split + 1) + [1] * (n - split - 1),
+                "next_sentence_label": i % 2,
+                "id": i,
+            }
+        )
     return out
 
 
@@ -67,7 +79,9 @@ def main() -> None:
     from bert.data.masking import MaskingSpec
     from bert.tokenizer import load_tokenizer, special_ids
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--steps", type=int, default=3, help="timed BERT-base steps (after one warm-up)")
@@ -77,20 +91,26 @@ def main() -> None:
     ids = special_ids(tokenizer)
     vocab = tokenizer.get_vocab()
     data = examples(50 * args.batch_size, args.seq_len, tokenizer.get_vocab_size(), np.random.default_rng(0))
-    print(f"{os.cpu_count()} CPUs, torch {torch.__version__} with {torch.get_num_threads()} threads; "
-          f"load {os.getloadavg()[0]:.2f}; batch {args.batch_size} x {args.seq_len}")  # fmt: skip
+    print(
+        f"{os.cpu_count()} CPUs, torch {torch.__version__} with {torch.get_num_threads()} threads; "
+        f"load {os.getloadavg()[0]:.2f}; batch {args.batch_size} x {args.seq_len}"
+    )
     rates = {}
     for whole_word in (False, True):
         spec = MaskingSpec.from_vocab(vocab, ids.all, ids.mask, whole_word)
         collator = PretrainingCollator(spec, pad_id=ids.pad, seed=0)
         rates[whole_word] = time_collator(collator, data, args.batch_size)
-        print(f"collator{' (whole-word masking)' if whole_word else ''}: {rates[whole_word]:.0f} batches/s "
-              f"({1e3 / rates[whole_word]:.2f} ms a batch)")  # fmt: skip
+        print(
+            f"collator{' (whole-word masking)' if whole_word else ''}: {rates[whole_word]:.0f} batches/s "
+            f"({1e3 / rates[whole_word]:.2f} ms a batch)"
+        )
     batch = PretrainingCollator(MaskingSpec.from_vocab(vocab, ids.all, ids.mask, False), pad_id=ids.pad)(
         data[: args.batch_size]
     )
     step = time_bert_base_step(batch, args.steps)
-    print(f"BERT-base train step (transformers, fp32, CPU): {step:.2f} s -> {1 / step:.3f} batches/s consumed")
+    print(
+        f"BERT-base train step (transformers, fp32, CPU): {step:.2f} s -> {1 / step:.3f} batches/s consumed"
+    )
     for whole_word, rate in rates.items():
         print(f"ratio collator/step{' (whole-word)' if whole_word else ''}: {rate * step:.0f}x (goal >= 10x)")
     print(f"load after: {os.getloadavg()[0]:.2f}")

@@ -14,12 +14,7 @@ if [ ! -d "$CORPUS" ]; then
 fi
 uptime
 start=$(date +%s)
-bert pretrain configs/pretrain/demo.yaml model=mini \
-    data.corpus="[$CORPUS]" data.vocab_size=8192 data.max_seq_length=128 data.max_predictions_per_seq=20 \
-    data.dupe_factor=1 data.validation_fraction=0.01 \
-    optimizer.lr=1e-3 optimizer.warmup_steps=30 \
-    train.output_dir="$RUN" train.max_steps=300 train.batch_size=32 train.eval_every=50 train.eval_batches=4 \
-    train.save_every=100 train.log_every=25 logging.progress_bar=false "$@"
+bert pretrain configs/pretrain/shared_corpus_mini.yaml data.corpus="[$CORPUS]" train.output_dir="$RUN" "$@"
 end=$(date +%s)
 echo "wall time: $((end - start)) s (data preparation included)"
 uptime

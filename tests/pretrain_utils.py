@@ -16,6 +16,10 @@ from bert.config import PretrainConfig, load_config
 
 REPO = Path(__file__).resolve().parent.parent
 
+# One thread: the tiny model gains nothing from more, a busy machine makes extra threads spin, and runs in
+# this process and in subprocesses must use the same arithmetic to be bit-identical.
+torch.set_num_threads(1)
+
 TINY = [
     "model.hidden_size=32",
     "model.num_hidden_layers=2",
@@ -80,10 +84,8 @@ def pretrain_here(cache_dir: Path, run_dir: Path, *extra: str) -> dict:
 
 def run_cli(cache_dir: Path, run_dir: Path, *extra: str, nproc: int = 1, timeout: int = 180):
     """`bert pretrain` in a subprocess (torchrun with gloo when nproc > 1); returns the CompletedProcess."""
-    env = dict(os.environ)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # as in this process (see set_num_threads above)
     env.pop("RANK", None)
-    if nproc > 1:  # two processes on two cores; one process keeps this process's threads (same arithmetic)
-        env["OMP_NUM_THREADS"] = "1"
     args = ["-m", "bert.cli", "pretrain", *tiny_overrides(cache_dir, run_dir, *extra)]
     if nproc > 1:
         cmd = [

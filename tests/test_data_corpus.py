@@ -20,7 +20,10 @@ def read(paths, **kwargs):
 @pytest.mark.parametrize(
     "text, expected",
     [
-        ("Mr. Smith went to Washington. He met Dr. Jones there.", ["Mr. Smith went to Washington.", "He met Dr. Jones there."]),
+        (
+            "Mr. Smith went to Washington. He met Dr. Jones there.",
+            ["Mr. Smith went to Washington.", "He met Dr. Jones there."],
+        ),
         ("It costs 3.5 dollars. That is cheap!", ["It costs 3.5 dollars.", "That is cheap!"]),
         ("Harry S. Truman spoke. The room listened.", ["Harry S. Truman spoke.", "The room listened."]),
         ('"Stop." She stopped. "Why?" he asked.', ['"Stop."', "She stopped.", '"Why?" he asked.']),
@@ -74,7 +77,9 @@ def test_detect_layout():
 
 
 def test_jsonl_csv_parquet(tmp_path):
-    (tmp_path / "a.jsonl").write_text(json.dumps({"body": "One. Two."}) + "\n\n" + json.dumps({"body": "Three."}) + "\n")
+    (tmp_path / "a.jsonl").write_text(
+        json.dumps({"body": "One. Two."}) + "\n\n" + json.dumps({"body": "Three."}) + "\n"
+    )
     (tmp_path / "b.csv").write_text('id,body\n1,"Four. Five."\n2,Six.\n')
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -88,7 +93,9 @@ def test_jsonl_csv_parquet(tmp_path):
 def test_hf_saved_dataset(tmp_path):
     import datasets
 
-    datasets.Dataset.from_dict({"text": ["Alpha one. Alpha two.", "Beta."]}).save_to_disk(str(tmp_path / "ds"))
+    datasets.Dataset.from_dict({"text": ["Alpha one. Alpha two.", "Beta."]}).save_to_disk(
+        str(tmp_path / "ds")
+    )
     docs, _ = read([tmp_path / "ds"])
     assert docs == [["Alpha one.", "Alpha two."], ["Beta."]]
 
@@ -151,15 +158,39 @@ def test_megabyte_line_is_skipped_and_reported(tmp_path):
 @pytest.mark.skipif(not SHARED_CORPUS.is_dir(), reason="../shared/data/corpus is absent")
 def test_real_corpus_layouts_and_encoding():
     stats = CorpusStats()
-    inputs = resolve_inputs([str(SHARED_CORPUS / "abc"), str(SHARED_CORPUS / "gutenberg" / "austen-emma.txt"),
-                             str(SHARED_CORPUS / "gutenberg" / "chesterton-ball.txt"),
-                             str(SHARED_CORPUS / "state_union" / "1945-Truman.txt")], stats=stats)
+    inputs = resolve_inputs(
+        [
+            str(SHARED_CORPUS / "abc"),
+            str(SHARED_CORPUS / "gutenberg" / "austen-emma.txt"),
+            str(SHARED_CORPUS / "gutenberg" / "chesterton-ball.txt"),
+            str(SHARED_CORPUS / "state_union" / "1945-Truman.txt"),
+        ],
+        stats=stats,
+    )
     docs = [d.sentences for d in iter_documents(inputs, stats)]
     layouts = {Path(k).name: v for k, v in stats.layouts.items()}
-    assert layouts == {"rural.txt": "google", "science.txt": "google", "austen-emma.txt": "free (hard-wrapped)",
-                       "chesterton-ball.txt": "free (hard-wrapped)", "1945-Truman.txt": "free"}
-    assert stats.replaced_files.keys() == {str(SHARED_CORPUS / "abc" / "science.txt"),
-                                           str(SHARED_CORPUS / "gutenberg" / "chesterton-ball.txt")}
+    assert layouts == {
+        "rural.txt": "google",
+        "science.txt": "google",
+        "austen-emma.txt": "free (hard-wrapped)",
+        "chesterton-ball.txt": "free (hard-wrapped)",
+        "1945-Truman.txt": "free",
+    }
+    assert stats.replaced_files.keys() == {
+        str(SHARED_CORPUS / "abc" / "science.txt"),
+        str(SHARED_CORPUS / "gutenberg" / "chesterton-ball.txt"),
+    }
     assert len(docs) > 100  # rural.txt separates articles by blank lines
     emma = next(d for d in docs if d[0].startswith("[Emma by Jane Austen"))
     assert any(s.startswith("Sixteen years had Miss Taylor been in Mr. Woodhouse's family") for s in emma)
+
+
+def test_gzip_inputs(tmp_path):
+    import gzip
+
+    with gzip.open(tmp_path / "a.txt.gz", "wt") as handle:
+        handle.write("Zipped one.\nZipped two.\n")
+    with gzip.open(tmp_path / "b.jsonl.gz", "wt") as handle:
+        handle.write(json.dumps({"text": "Json one. Json two."}) + "\n")
+    docs, _ = read([tmp_path])
+    assert docs == [["Zipped one.", "Zipped two."], ["Json one.", "Json two."]]

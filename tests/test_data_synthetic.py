@@ -34,5 +34,10 @@ def test_number_agreement():
             words = sentence.lower().split()
             if words[0] == "the" and words[3] in ("is", "are", "was", "were"):
                 assert words[3] in ("is", "was")
-            if words[0] in ("two", "three", "four", "five", "many", "some") and words[3] in ("is", "are", "was", "were"):
+            if words[0] in ("two", "three", "four", "five", "many", "some") and words[3] in (
+                "is",
+                "are",
+                "was",
+                "were",
+            ):
                 assert words[3] in ("are", "were")

@@ -129,7 +129,9 @@ def test_encode_split_caches_by_content(tiny, tmp_path):
     first = encode_split(tok, examples, 16, str(tmp_path))
     assert len(list(tmp_path.glob("*.npz"))) == 1
     again = encode_split(tok, examples, 16, str(tmp_path))
-    assert first.offsets.tolist() == again.offsets.tolist() == [0, 6, 13]  # 3 + 1 and 1 + 3 tokens, 3 specials each
+    assert (
+        first.offsets.tolist() == again.offsets.tolist() == [0, 6, 13]
+    )  # 3 + 1 and 1 + 3 tokens, 3 specials each
     assert first.input_ids.tolist() == again.input_ids.tolist()
     examples.text_a[0] = "w9"  # new content: a new cache entry
     encode_split(tok, examples, 16, str(tmp_path))
@@ -264,3 +266,12 @@ def test_missing_model_path_and_label_count_mismatch(tiny_run, tmp_path):
     cfg = FinetuneConfig(task=TaskConfig(name="mnli", data_dir=str(tmp_path)))
     with pytest.raises(UserError, match="the model has 2 outputs, task 'mnli' needs 3"):
         evaluate_saved(tiny_run / "best", cfg)
+
+
+@pytest.mark.parametrize("name", ["mrpc", "rte", "stsb", "qqp", "mnli", "qnli", "wnli", "demo"])
+def test_shipped_configs_load(name):
+    from bert.config import CONFIG_ROOT
+
+    cfg = load_config(FinetuneConfig, CONFIG_ROOT / "finetune" / f"{name}.yaml")
+    assert cfg.task.name == ("synthetic" if name == "demo" else name)
+    assert cfg.train.batch_size == 32 and cfg.attn_implementation == "unpadded"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 from pathlib import Path
@@ -99,7 +98,7 @@ def test_sigkill_then_rerun_is_bit_identical(cache, reference, tmp_path):
 
 def test_negative_control_data_position_not_restored(cache, reference, tmp_path):
     run = tmp_path / "run"
-    assert run_cli(cache, run, *RUN, "train.debug_signal=SIGKILL@5").returncode == -9
+    assert pretrain_here(cache, run, *RUN, "train.debug_signal=SIGTERM@4")["stopped"]
     folder = ckpt.step_folder(run, 4)
     meta = ckpt.read_meta(folder)
     meta["data"].update(epoch=0, index=0)  # as if the loader restarted from the beginning
@@ -128,30 +127,31 @@ def test_sigterm_saves_the_current_step_and_resumes_exactly(cache, reference, tm
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_no_sample_repeated_or_skipped_across_resumes(cache, tmp_path, workers):
+    from bert.data.prepare import load_prepared
+
+    prepared = next(p for p in cache.iterdir() if (p / "meta.json").exists())
+    ids = load_prepared(prepared)[0]["train"]["id"]  # the recorded ids are the examples' stable `id`s
+    per_epoch = len(ids) // 16
+    steps = per_epoch + 5
     run = tmp_path / "run"
     common = (
         "train.batch_size=16",
-        "train.max_steps=20",
+        f"train.max_steps={steps}",
         "train.save_every=0",
         f"train.num_workers={workers}",
         "train.record_example_ids=true",
         "train.eval_batches=1",
     )
-    # stop within epoch 0 (step 6), exactly at its end (15 batches of 16 from 243 examples), after it (17)
-    for stop in (6, 15, 17):
+    # stop within epoch 0, exactly at its end, and just after it; then finish
+    for stop in (6, per_epoch, per_epoch + 2):
         assert pretrain_here(cache, run, *common, f"train.debug_signal=SIGTERM@{stop}")["stopped"]
-    assert pretrain_here(cache, run, *common)["step"] == 20
+    assert pretrain_here(cache, run, *common)["step"] == steps
     consumed = [tuple(pair) for entry in recorded_ids(run) for pair in entry["examples"]]
-    from bert.data.prepare import load_prepared
-
-    prepared = next(p for p in cache.iterdir() if (p / "meta.json").exists())
-    ids = load_prepared(prepared)[0]["train"]["id"]  # the recorded ids are the examples' stable `id`s
     expected_stream = iter(ShardedBatchSampler(len(ids), 16, 1, 0, seed=42))
-    expected = [(e, ids[i]) for _ in range(20) for e, i in next(expected_stream)]
+    expected = [(e, ids[i]) for _ in range(steps) for e, i in next(expected_stream)]
     assert consumed == expected
     epoch0 = [i for e, i in consumed if e == 0]
-    assert len(epoch0) == len(set(epoch0)) == 15 * 16
+    assert len(epoch0) == len(set(epoch0)) == per_epoch * 16
     epoch1 = [i for e, i in consumed if e == 1]
     assert len(epoch1) == len(set(epoch1)) == 5 * 16
-    positions = [json.loads(line)["step"] for line in (run / "example_ids_rank0.jsonl").read_text().splitlines()]
-    assert positions == list(range(1, 21))
+    assert [entry["step"] for entry in recorded_ids(run)] == list(range(1, steps + 1))

@@ -250,7 +250,11 @@ def test_synthetic_task_splits_by_document():
     assert (len(train), len(dev)) == (100, 20)
     assert train.text_a[:20] != dev.text_a  # different documents
     again = load_task(cfg).read("dev")  # seeded: the same pairs every time
-    assert (again.text_a, again.text_b, again.labels.tolist()) == (dev.text_a, dev.text_b, dev.labels.tolist())
+    assert (again.text_a, again.text_b, again.labels.tolist()) == (
+        dev.text_a,
+        dev.text_b,
+        dev.labels.tolist(),
+    )
 
 
 # ------------------------------------------------------------------------------------------- bad input

@@ -8,7 +8,9 @@ from bert.data.synthetic import synthetic_documents
 from bert.errors import UserError
 from bert.tokenizer import SPECIAL_TOKENS, load_tokenizer, save_tokenizer, special_ids, train_tokenizer
 
-TEXTS = [s for d in synthetic_documents(200, seed=0) for s in d.sentences] + ["Café déjà vu. Hello, World!"] * 3
+TEXTS = [s for d in synthetic_documents(200, seed=0) for s in d.sentences] + [
+    "Café déjà vu. Hello, World!"
+] * 3
 
 
 @pytest.fixture(scope="module")
@@ -41,13 +43,20 @@ def test_uncased_strips_accents_cased_keeps(trained):
 
 def test_save_reload_and_transformers_loads_it(tmp_path, trained):
     folder = save_tokenizer(trained, tmp_path / "tok")
-    assert {p.name for p in folder.iterdir()} >= {"tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"}
+    assert {p.name for p in folder.iterdir()} >= {
+        "tokenizer.json",
+        "vocab.txt",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+    }
     text = "The red fox, déjà vu."
     for source in (folder, folder / "tokenizer.json", folder / "vocab.txt"):
         assert load_tokenizer(source).encode(text).ids == trained.encode(text).ids
     transformers = pytest.importorskip("transformers")
     hf = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-    assert type(hf).__name__ in ("BertTokenizerFast", "BertTokenizer") and hf.is_fast  # one class in transformers 5
+    assert (
+        type(hf).__name__ in ("BertTokenizerFast", "BertTokenizer") and hf.is_fast
+    )  # one class in transformers 5
     assert hf(text)["input_ids"] == trained.encode(text).ids
     assert hf("a b", "c")["token_type_ids"] == trained.encode("a b", "c").type_ids
     assert hf.do_lower_case is True

@@ -28,7 +28,7 @@ from bert.data.masking import IGNORE_INDEX, MaskingSpec, example_seeds, mask_bat
 
 
 class PretrainingCollator:
-    """Pads prepared examples into a batch and draws their MLM masks (dynamic) or keeps stored ones (static)."""
+    """Pads prepared examples into a batch; draws their MLM masks (dynamic) or keeps stored ones (static)."""
 
     def __init__(
         self,
@@ -75,7 +75,9 @@ class PretrainingCollator:
             labels = self._pad([e["masked_lm_labels"] for e in examples], width_p, IGNORE_INDEX)  # (B, P)
         else:
             ids = np.fromiter((e["id"] for e in examples), dtype=np.int64, count=len(examples))
-            epochs = np.fromiter((e.get("epoch", self.epoch) for e in examples), dtype=np.int64, count=len(examples))
+            epochs = np.fromiter(
+                (e.get("epoch", self.epoch) for e in examples), dtype=np.int64, count=len(examples)
+            )
             masked = mask_batch(
                 input_ids,
                 lengths,
@@ -84,7 +86,11 @@ class PretrainingCollator:
                 self.masked_lm_prob,
                 self.max_predictions_per_seq,
             )
-            input_ids, positions, labels = masked.input_ids, masked.masked_lm_positions, masked.masked_lm_labels
+            input_ids, positions, labels = (
+                masked.input_ids,
+                masked.masked_lm_positions,
+                masked.masked_lm_labels,
+            )
 
         batch = {
             "input_ids": torch.from_numpy(input_ids),

@@ -1,7 +1,7 @@
-"""Corpus readers: text files, folders, globs, JSONL/CSV/Parquet, Hugging Face datasets -> documents of sentences.
+"""Corpus readers: text files, folders, globs, JSONL/CSV/Parquet, HF datasets -> documents of sentences.
 
-Everything here streams: `iter_documents` yields one `Document` at a time and never holds the corpus as a list,
-so memory is bounded by the largest document (for free text a file is one document, e.g. one book).
+Everything here streams: `iter_documents` yields one `Document` at a time, never the corpus as a list, so
+memory is bounded by the largest document (for free text a file is one document, e.g. one book).
 
 Text layouts (decided per file when `layout` is 'auto', see `detect_layout`):
 
@@ -22,15 +22,16 @@ sentences into chunks of about 128 tokens, so an occasional merged or split sent
 
 Bad input raises `bert.errors.UserError` with one line naming the file: a missing path, a binary file, a JSONL
 or CSV file without the text column, invalid UTF-8 in strict mode (with the line number), an empty corpus.
-Invalid UTF-8 is replaced by U+FFFD by default and counted per file. A line longer than `MAX_LINE_BYTES` (1 MiB)
-is skipped and reported (decision: such a line is almost never prose: minified data, base64, a dump; failing a
-long prepare for it would be worse, and reading it whole could exhaust memory), by file and line number.
+Invalid UTF-8 is replaced by U+FFFD by default and counted per file. A line longer than `MAX_LINE_BYTES`
+(1 MiB) is skipped and reported by file and line number. Decision: such a line is almost never prose (minified
+data, base64, a dump); failing a long prepare for it would be worse, and reading it whole could exhaust memory.
 """
 
 from __future__ import annotations
 
 import csv
 import glob
+import gzip
 import json
 import os
 import re
@@ -45,7 +46,8 @@ MAX_LINE_BYTES = 1 << 20
 """Lines longer than this (bytes) are skipped and reported instead of read."""
 
 TEXT_SUFFIXES = {".txt", ".text", ".md", ".rst"}
-"""Extensions read as plain text when a folder is expanded (explicit file paths are read whatever their name)."""
+"""Extensions read as text when a folder is expanded (a file named explicitly is read whatever its name).
+Any of these (but Parquet) may be gzip-compressed: "wiki.txt.gz", "docs.jsonl.gz"."""
 TABLE_SUFFIXES = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "csv"}
 PARQUET_SUFFIXES = {".parquet", ".pq"}
 HF_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
@@ -104,8 +106,8 @@ _SENTENCE_STARTERS = {
     "in", "on", "at", "there", "his", "her", "their", "our", "its", "if", "when", "while", "as", "so", "yet",
 }  # fmt: skip
 
-# A candidate boundary: terminal punctuation (and closing quotes/brackets) followed by space and something that
-# can open a sentence. The lookahead keeps "3.5", "e.g. this" and "U.S.-made" from ever being candidates.
+# A candidate boundary: terminal punctuation (and closing quotes/brackets) followed by space and something
+# that can open a sentence. The lookahead keeps "3.5", "e.g. this" and "U.S.-made" from ever being candidates.
 _CANDIDATE = re.compile(r"[.!?\u2026]+[\"'\u201d\u2019)\]]*(?=\s+[\"'\u201c\u2018(\[]*[A-Z0-9])")
 _NEXT_WORD = re.compile(r"\s+[\"'\u201c\u2018(\[]*([A-Za-z]+)")
 _WHITESPACE = re.compile(r"\s+")
@@ -153,7 +155,7 @@ def split_sentences(text: str) -> list[str]:
 
 
 class _LineReader:
-    """Decodes a binary file line by line: replaces (and counts) or rejects invalid UTF-8, skips huge lines."""
+    """Decodes a file line by line: replaces (and counts) or rejects invalid UTF-8, skips huge lines."""
 
     def __init__(self, path: Path, stats: CorpusStats, errors: str) -> None:
         self.path = path
@@ -161,7 +163,8 @@ class _LineReader:
         self.errors = errors
 
     def lines(self, limit: int | None = None) -> Iterator[str]:
-        with open(self.path, "rb") as handle:
+        opener = gzip.open if self.path.suffix.lower() == ".gz" else open
+        with opener(self.path, "rb") as handle:
             _check_not_binary(handle, self.path)
             yield from self._lines(handle, limit)
 
@@ -199,7 +202,9 @@ def _check_not_binary(handle: BinaryIO, path: Path) -> None:
     head = handle.read(8192)
     handle.seek(0)
     if b"\x00" in head:
-        raise UserError(f"{path}: looks like a binary file (NUL bytes), not text; remove it from data.corpus")
+        raise UserError(
+            f"{path}: looks like a binary file (NUL bytes; or UTF-16), not UTF-8 text; remove it from data.corpus"
+        )
 
 
 # ------------------------------------------------------------------------------------------------- layouts
@@ -277,7 +282,9 @@ def _free_text_sentences(text: str) -> list[str]:
     return sentences
 
 
-def _record_documents(texts: Iterable[object], source: str, column: str, stats: CorpusStats) -> Iterator[Document]:
+def _record_documents(
+    texts: Iterable[object], source: str, column: str, stats: CorpusStats
+) -> Iterator[Document]:
     for text in texts:
         if text is None:
             continue
@@ -302,10 +309,16 @@ def _jsonl_documents(path: Path, column: str, stats: CorpusStats, errors: str) -
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as err:
-                hint = " (a JSON array? use JSON lines: one object a line)" if number == 1 and line[0] == "[" else ""
+                hint = (
+                    " (a JSON array? use JSON lines: one object a line)"
+                    if number == 1 and line[0] == "["
+                    else ""
+                )
                 raise UserError(f"{path}: line {number} is not valid JSON: {err.msg}{hint}") from None
             if isinstance(record, list):
-                raise UserError(f"{path}: line {number} is a JSON array, not an object; use JSON lines (one object a line)")
+                raise UserError(
+                    f"{path}: line {number} is a JSON array, not an object; use JSON lines (one object a line)"
+                )
             if not isinstance(record, dict) or column not in record:
                 keys = ", ".join(record) if isinstance(record, dict) else type(record).__name__
                 raise UserError(
@@ -319,11 +332,13 @@ def _jsonl_documents(path: Path, column: str, stats: CorpusStats, errors: str) -
 def _csv_documents(path: Path, column: str, stats: CorpusStats, errors: str) -> Iterator[Document]:
     reader = _LineReader(path, stats, errors)
     csv.field_size_limit(MAX_LINE_BYTES * 16)
-    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    delimiter = "\t" if _suffix(path) == ".tsv" else ","
     rows = csv.DictReader(reader.lines(), delimiter=delimiter)
     if rows.fieldnames is None or column not in rows.fieldnames:
         found = ", ".join(rows.fieldnames or [])
-        raise UserError(f"{path}: no text column '{column}' (found: {found or 'nothing'}); set data.text_column")
+        raise UserError(
+            f"{path}: no text column '{column}' (found: {found or 'nothing'}); set data.text_column"
+        )
     yield from _record_documents((row[column] for row in rows), str(path), column, stats)
 
 
@@ -336,7 +351,9 @@ def _parquet_documents(path: Path, column: str, stats: CorpusStats) -> Iterator[
         raise UserError(f"{path}: not a readable Parquet file ({err})") from None
     names = parquet.schema_arrow.names
     if column not in names:
-        raise UserError(f"{path}: no text column '{column}' (found: {', '.join(names)}); set data.text_column")
+        raise UserError(
+            f"{path}: no text column '{column}' (found: {', '.join(names)}); set data.text_column"
+        )
 
     def texts() -> Iterator[object]:
         for batch in parquet.iter_batches(batch_size=1024, columns=[column]):
@@ -358,7 +375,9 @@ def _hf_documents(name: str, column: str, stats: CorpusStats, trust_remote_code:
             data = data["train"] if "train" in data else data[next(iter(data))]
         names = data.column_names
         if column not in names:
-            raise UserError(f"{path}: no text column '{column}' (found: {', '.join(names)}); set data.text_column")
+            raise UserError(
+                f"{path}: no text column '{column}' (found: {', '.join(names)}); set data.text_column"
+            )
 
         def texts() -> Iterator[object]:
             for batch in data.iter(batch_size=1024):
@@ -366,13 +385,15 @@ def _hf_documents(name: str, column: str, stats: CorpusStats, trust_remote_code:
 
         yield from _record_documents(texts(), str(path), column, stats)
         return
-    # A hub name, "hf:NAME" or "hf:NAME:CONFIG" (e.g. hf:Salesforce/wikitext:wikitext-103-raw-v1): needs a network.
+    # A hub name "hf:NAME" or "hf:NAME:CONFIG" (hf:Salesforce/wikitext:wikitext-103-raw-v1): needs a network.
     repo, _, config = name.removeprefix("hf:").partition(":")
     kwargs = {"trust_remote_code": True} if trust_remote_code else {}
     try:
         data = datasets.load_dataset(repo, config or None, split="train", streaming=True, **kwargs)
     except Exception as err:
-        raise UserError(f"{name}: cannot load the Hugging Face dataset ({type(err).__name__}: {err})") from None
+        raise UserError(
+            f"{name}: cannot load the Hugging Face dataset ({type(err).__name__}: {err})"
+        ) from None
     yield from _record_documents((row.get(column) for row in data), name, column, stats)
 
 
@@ -396,9 +417,18 @@ class CorpusInput:
         elif target.is_dir():
             files = sorted(p for p in target.rglob("*") if p.is_file())
             entry.update(
-                size=sum(p.stat().st_size for p in files), mtime_ns=max((p.stat().st_mtime_ns for p in files), default=0)
+                size=sum(p.stat().st_size for p in files),
+                mtime_ns=max((p.stat().st_mtime_ns for p in files), default=0),
             )
         return entry
+
+
+def _suffix(path: Path) -> str:
+    """The extension that says the format, looking through a .gz: "a.jsonl.gz" -> ".jsonl"."""
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes.pop()
+    return suffixes[-1] if suffixes else ""
 
 
 def _format_of(path: Path, fmt: str) -> str | None:
@@ -406,7 +436,7 @@ def _format_of(path: Path, fmt: str) -> str | None:
         return fmt
     if path.is_dir():
         return "hf" if any((path / m).exists() for m in HF_MARKERS) else None
-    suffix = path.suffix.lower()
+    suffix = _suffix(path)
     if suffix in TABLE_SUFFIXES:
         return TABLE_SUFFIXES[suffix]
     if suffix in PARQUET_SUFFIXES:
@@ -414,7 +444,9 @@ def _format_of(path: Path, fmt: str) -> str | None:
     return "text"
 
 
-def resolve_inputs(corpus: list[str], fmt: str = "auto", stats: CorpusStats | None = None) -> list[CorpusInput]:
+def resolve_inputs(
+    corpus: list[str], fmt: str = "auto", stats: CorpusStats | None = None
+) -> list[CorpusInput]:
     """Expand files, folders (recursively, known extensions only) and globs into a sorted list of inputs."""
     stats = stats if stats is not None else CorpusStats()
     inputs: list[CorpusInput] = []
@@ -451,7 +483,7 @@ def _expand_folder(folder: Path, fmt: str, stats: CorpusStats) -> list[CorpusInp
     for path in sorted(folder.rglob("*")):
         if any(part.startswith(".") for part in path.relative_to(folder).parts) or not path.is_file():
             continue
-        if path.suffix.lower() not in known:
+        if _suffix(path) not in known:
             stats.skipped_files.append(str(path))  # README, LICENSE, images: not corpus text
             continue
         inputs.append(CorpusInput(str(path), _format_of(path, fmt) or "text"))

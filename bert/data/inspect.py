@@ -1,10 +1,10 @@
-"""`bert inspect`: show prepared examples, or one collated batch, as a readable table and optionally a picture.
+"""`bert inspect`: show prepared examples, or one collated batch, as a readable table (and a picture).
 
-For every example: its id, NSP label, length, and a table of positions with the token, segment id (token type),
-attention mask and, where a token is masked, the original token and what it became ([MASK], a random token, or
-unchanged). `--batch N` collates N examples with the dynamic masks the training collator would draw for epoch 0
-and `--seed`; without it the stored examples are shown (with their stored masks when masking was static).
-`--png FILE` draws the rows: tokens coloured by segment, padding grey, masked tokens red with the original below.
+For every example: its id, NSP label, length, and a table of positions with the token, segment id (token
+type), attention mask and, where a token is masked, the original token and what it became ([MASK], a random
+token, or unchanged). `--batch N` collates N examples with the dynamic masks the training collator would draw
+for epoch 0 and `--seed`; without it the stored examples are shown (with their masks if masking was static).
+`--png FILE` draws the rows: tokens coloured by segment, padding grey, masked tokens red (original below).
 """
 
 from __future__ import annotations
@@ -33,7 +33,9 @@ def _rows(args: argparse.Namespace) -> tuple[dict[str, np.ndarray], Any, dict[st
     data = splits[args.split]
     count = args.batch or args.num
     if args.start >= len(data):
-        raise UserError(f"{args.path}: split {args.split} has {len(data)} examples; --start {args.start} is past the end")
+        raise UserError(
+            f"{args.path}: split {args.split} has {len(data)} examples; --start {args.start} is past the end"
+        )
     examples = [data[i] for i in range(args.start, min(args.start + count, len(data)))]
     tokenizer = load_tokenizer(Path(args.path) / "tokenizer")
     fields = {k: meta[k] for k in ("masked_lm_prob", "max_predictions_per_seq", "whole_word_mask")}
@@ -133,7 +135,15 @@ def draw_png(arrays: dict[str, np.ndarray], tokenizer: Any, path: str, per_line:
             ax.text(col + 0.48, top - 0.38, text[:11], ha="center", va="center", fontsize=6.5)
             if pos in masked:
                 original = tokenizer.id_to_token(masked[pos]) or "?"
-                ax.text(col + 0.48, top - 0.74, f"({original[:10]})", ha="center", va="center", fontsize=5, color="#8b0000")
+                ax.text(
+                    col + 0.48,
+                    top - 0.74,
+                    f"({original[:10]})",
+                    ha="center",
+                    va="center",
+                    fontsize=5,
+                    color="#8b0000",
+                )
         y += lines_per_example + 0.3
     ax.set_xlim(-0.1, per_line + 0.1)
     ax.set_ylim(-y - 0.2, 0.3)
@@ -144,7 +154,9 @@ def draw_png(arrays: dict[str, np.ndarray], tokenizer: Any, path: str, per_line:
         Patch(facecolor=colours["mask"], edgecolor="#888888", label="masked (original below)"),
         Patch(facecolor=colours["pad"], edgecolor="#888888", label="padding (attention 0)"),
     ]
-    ax.legend(handles=legend, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=4, fontsize=8, frameon=False)
+    ax.legend(
+        handles=legend, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=4, fontsize=8, frameon=False
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
@@ -153,7 +165,11 @@ def draw_png(arrays: dict[str, np.ndarray], tokenizer: Any, path: str, per_line:
 def run_inspect(args: argparse.Namespace) -> None:
     """Print the table for `args.path` (see the module docstring) and draw `args.png` when given."""
     arrays, tokenizer, meta = _rows(args)
-    mode = f"collated batch of {arrays['input_ids'].shape[0]} (seed {args.seed}, epoch 0)" if args.batch else "stored examples"
+    mode = (
+        f"collated batch of {arrays['input_ids'].shape[0]} (seed {args.seed}, epoch 0)"
+        if args.batch
+        else "stored examples"
+    )
     masking = "static masks" if meta.get("static_masking") else "dynamic masks"
     print(f"{args.path} [{args.split}]: {mode}; {masking}; max_seq_length {meta['max_seq_length']}\n")
     print(format_table(arrays, tokenizer))

@@ -4,8 +4,11 @@ Pure functions: a document is a list of sentences, a sentence a list of token id
 the `random.Random` passed in, so the same seed gives the same instances. Written from the semantics of
 Google's `create_pretraining_data.py`:
 
-- A target length is drawn per document (and pass): `max_seq_length - 3` (room for [CLS] and two [SEP]), or with
+- A target length is drawn per chunk: `max_seq_length - 3` (room for [CLS] and two [SEP]), or with
   probability `short_seq_prob` a random length in [2, that], so the model also sees short sequences.
+  (Google draws it once per document; with a book as one document a single draw makes the whole book short,
+  so the share of short sequences would swing with a few large documents. Per chunk keeps it at
+  short_seq_prob whatever the document sizes.)
 - Whole sentences are gathered until the target is reached (or the document ends). A random split point
   divides them into A and B. With probability 1/2 (always, when the chunk holds one sentence) B is replaced by
   text from a random other document starting at a random sentence, and the sentences of the chunk that were
@@ -48,8 +51,10 @@ class Instance:
     next_sentence_label: int | None = None
 
 
-def truncate_seq_pair(tokens_a: list[int], tokens_b: list[int], max_num_tokens: int, rng: random.Random) -> None:
-    """Trim A and B in place until together they fit: always the longer one, from its front or back at random."""
+def truncate_seq_pair(
+    tokens_a: list[int], tokens_b: list[int], max_num_tokens: int, rng: random.Random
+) -> None:
+    """Trim A and B in place until they fit: always the longer one, from its front or back at random."""
     while len(tokens_a) + len(tokens_b) > max_num_tokens:
         longer = tokens_a if len(tokens_a) > len(tokens_b) else tokens_b
         # Random ends avoid always cutting the same side, which would bias what the model sees near [SEP].
@@ -74,6 +79,12 @@ def _pair(tokens_a: list[int], tokens_b: list[int], cls_id: int, sep_id: int, la
 
 def _single(tokens: list[int], cls_id: int, sep_id: int, label: int | None) -> Instance:
     return Instance([cls_id, *tokens, sep_id], [0] * (len(tokens) + 2), label)
+
+
+def _target_length(max_num_tokens: int, short_seq_prob: float, rng: random.Random) -> int:
+    if rng.random() < short_seq_prob:
+        return rng.randint(2, max_num_tokens)
+    return max_num_tokens
 
 
 def _random_other_document(
@@ -107,10 +118,7 @@ def create_nsp_instances(
     if len(document) == 1:
         return _mlm_chunks(document, max_seq_length, cls_id, sep_id, NO_NSP_LABEL)
 
-    target_length = max_num_tokens
-    if rng.random() < short_seq_prob:
-        target_length = rng.randint(2, max_num_tokens)
-
+    target_length = _target_length(max_num_tokens, short_seq_prob, rng)
     instances: list[Instance] = []
     chunk: list[Sentence] = []
     chunk_length = 0
@@ -147,6 +155,7 @@ def create_nsp_instances(
                 instances.extend(_mlm_chunks([tokens_a], max_seq_length, cls_id, sep_id, NO_NSP_LABEL))
             chunk = []
             chunk_length = 0
+            target_length = _target_length(max_num_tokens, short_seq_prob, rng)
         i += 1
     return instances
 
@@ -197,7 +206,9 @@ def create_instances(
         for index, document in enumerate(documents):
             if nsp:
                 instances.extend(
-                    create_nsp_instances(documents, index, max_seq_length, short_seq_prob, cls_id, sep_id, rng)
+                    create_nsp_instances(
+                        documents, index, max_seq_length, short_seq_prob, cls_id, sep_id, rng
+                    )
                 )
             else:
                 instances.extend(create_mlm_instances(document, max_seq_length, cls_id, sep_id))

@@ -1,4 +1,4 @@
-"""Masked-language-model masking, vectorised over a batch with numpy; pure: the same seeds give the same masks.
+"""Masked-language-model masking, vectorised over a batch with numpy; pure: the same seeds, the same masks.
 
 Rules (Google's BERT):
 - the number of masked tokens of a sequence is exactly
@@ -13,8 +13,8 @@ Rules (Google's BERT):
 
 Randomness without a random-number generator object: every random number is a hash (splitmix64) of
 (example seed, stream, position), and an example's seed is a hash of (seed, epoch, example id). So a mask is a
-pure function of those three numbers and of the tokens: resuming training needs no RNG state, a worker count or
-batch composition never changes an example's mask, and the whole batch is computed with array operations.
+pure function of those three numbers and of the tokens: resuming training needs no RNG state, a worker count
+or batch composition never changes an example's mask, and the whole batch is computed with array operations.
 """
 
 from __future__ import annotations
@@ -56,10 +56,14 @@ def _uniform(seeds: np.ndarray, stream: int, length: int) -> np.ndarray:
     return (keys >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
 
-def masked_count(num_real: np.ndarray | int, masked_lm_prob: float, max_predictions_per_seq: int) -> np.ndarray:
-    """Google's count: min(max_predictions, max(1, round(n * prob))); round half to even like Python's round."""
+def masked_count(
+    num_real: np.ndarray | int, masked_lm_prob: float, max_predictions_per_seq: int
+) -> np.ndarray:
+    """Google's count: min(max_predictions, max(1, round(n * prob))), rounding half to even like round()."""
     num_real = np.asarray(num_real)
-    return np.minimum(max_predictions_per_seq, np.maximum(1, np.rint(num_real * masked_lm_prob))).astype(np.int64)
+    return np.minimum(max_predictions_per_seq, np.maximum(1, np.rint(num_real * masked_lm_prob))).astype(
+        np.int64
+    )
 
 
 @dataclass
@@ -75,7 +79,9 @@ class MaskingSpec:
     """(V,) bool: "##" pieces, for whole-word masking (None: no whole-word masking)."""
 
     @classmethod
-    def from_vocab(cls, vocab: dict[str, int], special_ids: list[int], mask_id: int, whole_word: bool) -> MaskingSpec:
+    def from_vocab(
+        cls, vocab: dict[str, int], special_ids: list[int], mask_id: int, whole_word: bool
+    ) -> MaskingSpec:
         size = max(vocab.values()) + 1
         special = np.zeros(size, dtype=bool)
         special[special_ids] = True
@@ -137,7 +143,9 @@ def mask_batch(
     batch, width = input_ids.shape
     real = np.arange(width)[None, :] < lengths[:, None]  # (B, T)
     candidate = real & ~spec.special[input_ids]  # (B, T)
-    counts = np.minimum(masked_count(lengths, masked_lm_prob, max_predictions_per_seq), candidate.sum(1))  # (B,)
+    counts = np.minimum(
+        masked_count(lengths, masked_lm_prob, max_predictions_per_seq), candidate.sum(1)
+    )  # (B,)
     keys = np.where(candidate, _uniform(seeds, 0, width), 2.0)  # non-candidates sort last
 
     if spec.continuation is None:

@@ -17,8 +17,8 @@ Stages, each bounded in memory (the corpus is never held as Python lists):
 
 The output folder is `data.cache_dir/<key>`, the key a hash of the inputs (resolved paths, sizes, modification
 times; the tokenizer's files likewise) and of every setting that changes the result. Everything is built in a
-temporary sibling folder; the `COMPLETE` marker is written last and the folder is then renamed into place, so an
-interrupted prepare never looks finished and a complete folder with the same key is reused.
+temporary sibling folder; the `COMPLETE` marker is written last and the folder is then renamed into place, so
+an interrupted prepare never looks finished and a complete folder with the same key is reused.
 """
 
 from __future__ import annotations
@@ -66,7 +66,11 @@ def _tokenizer_fingerprint(path: str | None) -> list[dict[str, Any]]:
         return []
     target = Path(path)
     files = sorted(p for p in target.iterdir() if p.is_file()) if target.is_dir() else [target]
-    return [{"path": str(p.resolve()), "size": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns} for p in files if p.exists()]
+    return [
+        {"path": str(p.resolve()), "size": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns}
+        for p in files
+        if p.exists()
+    ]
 
 
 def cache_key(data_cfg: Any, input_fingerprints: list[dict[str, Any]]) -> str:
@@ -168,19 +172,15 @@ def _write_groups(docs: Any, indices: np.ndarray, path: Path) -> int:
     schema = pa.schema([("documents", kind)])
     groups = 0
     with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
-        rows: list[list[list[str]]] = []
         for batch in docs.select(indices).iter(batch_size=size):
-            rows.append(batch["sentences"])
+            writer.write_batch(pa.record_batch([pa.array([batch["sentences"]], kind)], schema=schema))
             groups += 1
-            if len(rows) >= 8:
-                writer.write_batch(pa.record_batch([pa.array(rows, kind)], schema=schema))
-                rows = []
-        if rows:
-            writer.write_batch(pa.record_batch([pa.array(rows, kind)], schema=schema))
     return groups
 
 
-def _make_instances(batch: dict[str, list], indices: list[int], tokenizer: Any, options: dict) -> dict[str, list]:
+def _make_instances(
+    batch: dict[str, list], indices: list[int], tokenizer: Any, options: dict
+) -> dict[str, list]:
     """One group of documents: encode all its sentences in one call, then build the group's instances."""
     (docs,) = batch["documents"]  # batch_size=1: one group
     flat = [s for doc in docs for s in doc]
@@ -231,7 +231,9 @@ def _finish_instances(batch: dict[str, list], indices: list[int], options: dict)
         )
         counts = (masked.masked_lm_labels != -100).sum(1)
         batch["input_ids"] = [row[:n].tolist() for row, n in zip(masked.input_ids, lengths)]
-        batch["masked_lm_positions"] = [row[:n].tolist() for row, n in zip(masked.masked_lm_positions, counts)]
+        batch["masked_lm_positions"] = [
+            row[:n].tolist() for row, n in zip(masked.masked_lm_positions, counts)
+        ]
         batch["masked_lm_labels"] = [row[:n].tolist() for row, n in zip(masked.masked_lm_labels, counts)]
     return batch
 
@@ -282,7 +284,14 @@ def _num_proc(data_cfg: Any, num_groups: int) -> int | None:
 
 
 def _build_split(
-    docs: Any, indices: np.ndarray, split: str, tokenizer: Any, data_cfg: Any, work: Path, out: Path, progress: bool
+    docs: Any,
+    indices: np.ndarray,
+    split: str,
+    tokenizer: Any,
+    data_cfg: Any,
+    work: Path,
+    out: Path,
+    progress: bool,
 ) -> dict[str, Any]:
     from datasets import Dataset, Features, Value
 
@@ -304,7 +313,9 @@ def _build_split(
     if data_cfg.nsp:
         instance_features["next_sentence_label"] = Value("int8")
     if len(indices) == 0:
-        instances = Dataset.from_dict({k: [] for k in instance_features}, features=Features(instance_features))
+        instances = Dataset.from_dict(
+            {k: [] for k in instance_features}, features=Features(instance_features)
+        )
     else:
         num_groups = _write_groups(docs, indices, work / f"groups_{split}.arrow")
         groups = Dataset.from_file(str(work / f"groups_{split}.arrow"))
@@ -353,7 +364,11 @@ def _split_counts(final: Any, data_cfg: Any) -> dict[str, Any]:
     table = final.data.table
     num = len(final)
     tokens = int(pc.sum(pc.list_value_length(table.column("input_ids"))).as_py() or 0) if num else 0
-    counts: dict[str, Any] = {"instances": num, "tokens": tokens, "mean_fill": tokens / max(num * data_cfg.max_seq_length, 1)}
+    counts: dict[str, Any] = {
+        "instances": num,
+        "tokens": tokens,
+        "mean_fill": tokens / max(num * data_cfg.max_seq_length, 1),
+    }
     if data_cfg.nsp and num:
         labels = table.column("next_sentence_label").to_numpy()
         counts["nsp_labels"] = {
@@ -364,8 +379,10 @@ def _split_counts(final: Any, data_cfg: Any) -> dict[str, Any]:
     return counts
 
 
-def run_prepare(cfg: Any, output_dir: str | Path | None = None, force: bool = False, progress: bool = True) -> Path:
-    """Prepare `cfg.data` (a PretrainConfig, or a DataConfig) and return the complete folder; reuses a match."""
+def run_prepare(
+    cfg: Any, output_dir: str | Path | None = None, force: bool = False, progress: bool = True
+) -> Path:
+    """Prepare `cfg.data` (cfg: a PretrainConfig or a DataConfig); return the complete folder (reused if any)."""
     import datasets
 
     from bert.config import to_dict
@@ -374,7 +391,9 @@ def run_prepare(cfg: Any, output_dir: str | Path | None = None, force: bool = Fa
     data_cfg = getattr(cfg, "data", cfg)
     if data_cfg.prepared_dir and output_dir is None and not force:
         if not is_complete(data_cfg.prepared_dir):
-            raise UserError(f"{data_cfg.prepared_dir}: not a complete prepared folder (data.prepared_dir); run bert prepare")
+            raise UserError(
+                f"{data_cfg.prepared_dir}: not a complete prepared folder (data.prepared_dir); run bert prepare"
+            )
         return Path(data_cfg.prepared_dir)
     if not data_cfg.corpus:
         raise UserError("data.corpus is empty: name text files, folders or globs, or [synthetic]")
@@ -409,7 +428,9 @@ def run_prepare(cfg: Any, output_dir: str | Path | None = None, force: bool = Fa
         scratch = work / "scratch"
         scratch.mkdir()
         alphabet: set[str] = set()
-        num_docs = _write_documents(_documents(data_cfg, inputs, stats), scratch / "documents.arrow", progress, alphabet)
+        num_docs = _write_documents(
+            _documents(data_cfg, inputs, stats), scratch / "documents.arrow", progress, alphabet
+        )
         if num_docs == 0:
             raise UserError(f"{', '.join(data_cfg.corpus)}: the corpus holds no text (0 documents)")
         docs = datasets.Dataset.from_file(str(scratch / "documents.arrow"))
@@ -431,7 +452,13 @@ def run_prepare(cfg: Any, output_dir: str | Path | None = None, force: bool = Fa
             "tokenizer": "tokenizer",
             "vocab_size": tokenizer.get_vocab_size(),
             "lowercase": is_lowercase(tokenizer),
-            "special_token_ids": {"pad": ids.pad, "unk": ids.unk, "cls": ids.cls, "sep": ids.sep, "mask": ids.mask},
+            "special_token_ids": {
+                "pad": ids.pad,
+                "unk": ids.unk,
+                "cls": ids.cls,
+                "sep": ids.sep,
+                "mask": ids.mask,
+            },
             "max_seq_length": data_cfg.max_seq_length,
             "nsp": data_cfg.nsp,
             "static_masking": data_cfg.static_masking,
@@ -471,6 +498,10 @@ def _looks_prepared(folder: Path) -> bool:
     return bool(names) and names <= {"train", "validation", "tokenizer", "meta.json"}
 
 
+def _plural(count: int, noun: str) -> str:
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
 def summary(folder: Path, meta: dict[str, Any]) -> str:
     """The closing summary of a prepare run."""
     counts = meta["counts"]
@@ -492,18 +523,22 @@ def summary(folder: Path, meta: dict[str, Any]) -> str:
         )
     lines.append(f"  tokenizer  {meta['vocab_size']:,} tokens, {'uncased' if meta['lowercase'] else 'cased'}")
     if inp["files"]:
-        lines.append(f"  input      {inp['files']} files read")
+        lines.append(f"  input      {_plural(inp['files'], 'file')} read")
     if inp["skipped_files"]:
-        shown = ", ".join(Path(p).name for p in inp["skipped_files"][:5])
-        lines.append(f"  skipped    {len(inp['skipped_files'])} files without a text extension ({shown}...)")
+        shown = ", ".join(f"{Path(p).parent.name}/{Path(p).name}" for p in inp["skipped_files"][:4])
+        lines.append(
+            f"  skipped    {_plural(len(inp['skipped_files']), 'file')} without a text extension ({shown})"
+        )
     if inp["skipped_line_count"]:
-        lines.append(f"  skipped    {inp['skipped_line_count']} lines over 1 MiB: {', '.join(inp['skipped_lines'][:5])}")
+        lines.append(
+            f"  skipped    {inp['skipped_line_count']} lines over 1 MiB: {', '.join(inp['skipped_lines'][:5])}"
+        )
     if inp["replaced_chars"]:
         files = inp["replaced_files"]
         shown = ", ".join(f"{Path(p).name} ({n})" for p, n in list(files.items())[:6])
         more = f" and {len(files) - 6} more" if len(files) > 6 else ""
         lines.append(
-            f"  replaced   {inp['replaced_chars']} invalid UTF-8 characters in {len(files)} files: {shown}{more}"
+            f"  replaced   {inp['replaced_chars']} invalid UTF-8 characters in {_plural(len(files), 'file')}: {shown}{more}"
         )
     return "\n".join(lines)
 
@@ -516,8 +551,15 @@ def load_prepared(folder: str | Path) -> tuple[Any, dict[str, Any]]:
     if not folder.is_dir():
         raise UserError(f"{folder}: no such prepared folder; run bert prepare first")
     if not is_complete(folder):
-        raise UserError(f"{folder}: incomplete prepared folder (no {COMPLETE_MARKER} marker); run bert prepare again")
+        raise UserError(
+            f"{folder}: incomplete prepared folder (no {COMPLETE_MARKER} marker); run bert prepare again"
+        )
     meta = json.loads((folder / "meta.json").read_text())
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise UserError(
+            f"{folder}: prepared by another version of bert (format {meta.get('format_version')}, "
+            f"this one reads {FORMAT_VERSION}); run bert prepare --force"
+        )
     splits = datasets.DatasetDict(
         {split: datasets.load_from_disk(str(folder / split)) for split in ("train", "validation")}
     )

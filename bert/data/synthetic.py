@@ -124,7 +124,11 @@ class _SentenceMaker:
 
     def verb_phrase(self, plural: bool) -> str:
         verb = self.rng.choice(self.topic.verbs)
-        obj = self.topic.favourite_object[verb] if self.rng.random() < 0.7 else self.rng.choice(self.topic.nouns)
+        obj = (
+            self.topic.favourite_object[verb]
+            if self.rng.random() < 0.7
+            else self.rng.choice(self.topic.nouns)
+        )
         return f"{verb if plural else _third_person(verb)} the {obj}"
 
     def sentence(self) -> str:
@@ -167,6 +171,8 @@ def iter_synthetic_documents(
         yield synthetic_document(index, seed, num_topics)
 
 
-def synthetic_documents(num_documents: int, seed: int, num_topics: int = NUM_TOPICS) -> list[SyntheticDocument]:
+def synthetic_documents(
+    num_documents: int, seed: int, num_topics: int = NUM_TOPICS
+) -> list[SyntheticDocument]:
     """The first `num_documents` documents of the synthetic corpus with `seed`, as a list."""
     return list(iter_synthetic_documents(num_documents, seed, num_topics))

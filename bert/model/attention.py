@@ -7,11 +7,14 @@ every mask rule lives), to one kernel:
 - `sdpa_attention`: `torch.nn.functional.scaled_dot_product_attention` on (B, A, T, D) with the boolean
   key-padding mask, or no mask when the batch has no padding.
 - `varlen_attention` (unpadded): real tokens only, (N, A, D). On CUDA with flash-attn installed it calls
-  `flash_attn_varlen_func` with `cu_seqlens`. Otherwise it scatters q, k, v into a (B, S, ...) block with
-  S = the longest real sequence (not T), runs SDPA with the block's key mask and gathers the real rows back.
-  On CPU this was the fastest correct fallback: one fused kernel call for the whole batch; the scatter and
-  gather are O(N * H) copies, small next to the O(N * H^2) projections; per-length loops cost a kernel call
-  (and its backward) per distinct length.
+  `flash_attn_varlen_func` with `cu_seqlens`. Otherwise (CPU) it runs SDPA once per length bucket: the layout
+  stores sequences longest first and groups neighbours of similar length (masking.length_buckets), so each
+  bucket is a contiguous slice of rows that is scattered into a (b, S) block, S = the bucket's longest
+  sequence, attended with the block's key mask, and gathered back. One block for the whole batch wastes the
+  (S^2 - len^2) pairs of every short sequence (with attention dropout on, SDPA takes the math path on CPU, so
+  those pairs are real work: scores, softmax, dropout and their backward); one call per sequence pays the
+  per-call cost B times. The buckets minimise pairs + a per-call cost; the scatter and gather are O(N * H)
+  copies, small next to the O(N * H^2) projections.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bert.model.config import BertConfig
-from bert.model.masking import Layout, PaddedLayout
+from bert.model.masking import Layout, PaddedLayout, UnpaddedLayout
 
 try:  # optional CUDA kernel for the unpadded path
     from flash_attn import flash_attn_varlen_func
@@ -48,23 +51,26 @@ def sdpa_attention(
     return F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=dropout_p)
 
 
-def varlen_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout, dropout_p: float
-) -> torch.Tensor:
-    """q, k, v (N, A, D) real tokens only -> context (N, A, D); sequences delimited by layout.cu_seqlens."""
-    if flash_attn_varlen_func is not None and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+def varlen_attention(qkv: torch.Tensor, layout: UnpaddedLayout, dropout_p: float) -> torch.Tensor:
+    """qkv (N, 3, A, D) of real tokens only -> context (N, A, D); sequences delimited by layout.cu_seqlens."""
+    if flash_attn_varlen_func is not None and qkv.is_cuda and qkv.dtype in (torch.float16, torch.bfloat16):
+        q, k, v = qkv.unbind(1)  # each (N, A, D)
         cu, s = layout.cu_seqlens, layout.max_seqlen
         return flash_attn_varlen_func(q, k, v, cu, cu, s, s, dropout_p=dropout_p)
-    n, heads, dim = q.shape
-    b, s = layout.batch_size, layout.max_seqlen
-    qkv = torch.stack((q, k, v))  # (3, N, A, D)
-    block = qkv.new_zeros(3, b * s, heads, dim).index_copy(1, layout.repad_index, qkv)  # (3, B*S, A, D)
-    block = block.view(3, b, s, heads, dim).transpose(2, 3)  # (3, B, A, S, D)
-    out = F.scaled_dot_product_attention(
-        block[0], block[1], block[2], attn_mask=layout.repad_key_mask, dropout_p=dropout_p
-    )  # (B, A, S, D)
-    out = out.transpose(1, 2).reshape(b * s, heads, dim)  # (B*S, A, D)
-    return out.index_select(0, layout.repad_index)  # (N, A, D)
+    _, _, heads, dim = qkv.shape
+    outputs = []
+    for bucket in layout.buckets:
+        b, s = bucket.num_seqs, bucket.seq_len
+        part = qkv[bucket.start : bucket.end]  # (n, 3, A, D), a view: sequences are stored contiguously
+        if bucket.repad_index is not None:  # scatter into a zero-padded (b * S) block
+            part = part.new_zeros(b * s, 3, heads, dim).index_copy(0, bucket.repad_index, part)
+        q, k, v = part.view(b, s, 3, heads, dim).permute(2, 0, 3, 1, 4).unbind(0)  # each (b, A, S, D)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bucket.key_mask, dropout_p=dropout_p)
+        out = out.transpose(1, 2).reshape(b * s, heads, dim)  # (b * S, A, D)
+        if bucket.repad_index is not None:
+            out = out.index_select(0, bucket.repad_index)  # (n, A, D)
+        outputs.append(out)
+    return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
 
 class BertSelfAttention(nn.Module):
@@ -98,8 +104,7 @@ class BertSelfAttention(nn.Module):
                 context, probs = sdpa_attention(q, k, v, layout.key_mask, dropout_p), None
             context = context.transpose(1, 2)  # (B, T, A, D)
         else:
-            q, k, v = qkv.unbind(-3)  # each (N, A, D)
-            context, probs = varlen_attention(q, k, v, layout, dropout_p), None
+            context, probs = varlen_attention(qkv, layout, dropout_p), None  # (N, A, D)
         return context.reshape(hidden.shape), probs
 
 

@@ -173,13 +173,15 @@ class BertForPreTraining(BertPreTrainedModel):
         """masked_lm_positions (B, P): the MLM head runs only there -> (B, P, V); without it (B, T, V)."""
         hidden, layout, _ = self.bert.encode(input_ids, token_type_ids, attention_mask)
         if masked_lm_positions is None:
-            to_predict = layout.to_padded(hidden)  # (B, T, H)
+            prediction_logits = self.cls.predictions(layout.to_padded(hidden))  # (B, T, V)
         else:
-            # Gather BEFORE the transform and the (H x V) projection: the costliest matmul runs on P, not T.
-            to_predict = layout.gather(hidden, masked_lm_positions)  # (B, P, H)
+            # Gather BEFORE the transform and the H x V matmul: the largest matmul of the step runs on P, not T.
+            # (Running it once per distinct slot, unused slots all being position 0, was slower on CPU: the
+            # copy back to (B, P, V) and its backward cost more than the rows saved.)
+            prediction_logits = self.cls.predictions(layout.gather(hidden, masked_lm_positions))  # (B, P, V)
         pooled = self.bert.pooler(layout.cls(hidden))  # (B, H)
         return BertForPreTrainingOutput(
-            prediction_logits=self.cls.predictions(to_predict),
+            prediction_logits=prediction_logits,
             seq_relationship_logits=self.cls.seq_relationship(pooled),  # (B, 2)
         )
 
