@@ -2,13 +2,14 @@
 
 Layout of a run folder (`train.output_dir`):
 
-    checkpoints/step_0000400/          one folder per saved step, written by `save_checkpoint`
+    checkpoints/step_0000400/          one folder per saved step, written by bert.pretrain.save
         model.safetensors              model weights (Accelerate's `save_state`; FSDP writes its own files)
-        optimizer.bin  scheduler.bin   optimizer and LR schedule (the schedule is a registered custom object)
+        optimizer.bin                  optimizer state
+        custom_checkpoint_0.pkl        the LR schedule (registered with Accelerate as a custom object)
         scaler.pt                      fp16 grad scaler (only with mixed_precision=fp16)
         random_states_<rank>.pkl       Python, NumPy, torch (and CUDA) RNG states of every process
         tokenizer/                     the run's tokenizer, so the folder exports on its own
-        meta.json                      readable: step, data position, counters, tracker run id, metrics, config
+        meta.json                      readable: step, data position, counters, tracker run id, last eval, config
         COMPLETE                       written LAST: a manifest {file: size}; without it the folder is ignored
     checkpoints/.tmp-step_0000400/     where a checkpoint is written before the atomic rename
     export/                            the final model in Hugging Face format with its tokenizer

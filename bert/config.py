@@ -55,13 +55,15 @@ class DataConfig:
     """Pretraining data: where text comes from and how it becomes NSP pairs with masks."""
 
     corpus: list[str] = field(default_factory=list)
-    """Text files, folders or globs to read, or the single word 'synthetic' for the built-in corpus."""
+    """Text files, folders or globs to read, 'hf:NAME[:CONFIG]' for a hub dataset (needs a network), or the
+    single word 'synthetic' for the built-in corpus."""
     prepared_dir: str | None = None
     """Folder written by `bert prepare`; when set and complete, it is used and `corpus` is ignored."""
     cache_dir: str = "data/prepared"
     """Where `bert prepare` writes (a sub-folder named by a hash of the inputs and settings)."""
     format: Literal["auto", "text", "jsonl", "csv", "parquet", "hf"] = "auto"
-    """Input format; 'auto' decides from each file's extension."""
+    """Input format; 'auto' decides from each file's extension (.txt/.md, .jsonl, .csv/.tsv, .parquet, any of
+    them but Parquet gzipped) and reads a folder written by `datasets.save_to_disk` as 'hf'."""
     layout: Literal["auto", "google", "free"] = "auto"
     """Text layout: google (a sentence a line, blank line between documents), free (hard-wrapped paragraphs or
     one paragraph a line, split into sentences by rules); 'auto' detects it per file."""
@@ -83,7 +85,7 @@ class DataConfig:
     max_seq_length: int = 128
     """Maximum tokens per instance, [CLS] and [SEP]s included."""
     short_seq_prob: float = 0.1
-    """Probability of a shorter random target length (Google's short_seq_prob)."""
+    """Probability that a chunk gets a shorter random target length (Google's short_seq_prob)."""
     nsp: bool = True
     """Build next-sentence-prediction pairs; false gives MLM-only instances of contiguous text."""
     dupe_factor: int = 1
@@ -103,7 +105,7 @@ class DataConfig:
     num_proc: int | None = None
     """Worker processes for `datasets.map`; None uses the available cores (one process for small inputs)."""
     seed: int = 12345
-    """Seed of pairing and static masking."""
+    """Seed of the validation split, pairing and static masking."""
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     """Settings of the built-in synthetic corpus."""
 

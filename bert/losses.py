@@ -57,7 +57,7 @@ def pretraining_loss(
     """MLM (+ NSP when the batch has `next_sentence_label`) losses of a BertForPreTrainingOutput.
 
     Returns `loss` (= mlm_loss + nsp_loss, the one to backpropagate), `mlm_loss`, `nsp_loss` (0 in MLM-only
-    mode), and detached int64 counts `mlm_correct`, `mlm_count`, `nsp_correct`, `nsp_count` (0 in MLM-only
+    mode, still attached to the NSP head so that DDP sees every parameter used), and detached int64 counts `mlm_correct`, `mlm_count`, `nsp_correct`, `nsp_count` (0 in MLM-only
     mode) that can be summed across steps and processes before dividing.
     """
     labels = batch["masked_lm_labels"]  # (B, P)
@@ -75,7 +75,10 @@ def pretraining_loss(
             nsp_correct = (outputs.seq_relationship_logits.argmax(-1) == nsp_labels).sum()
             nsp_count = torch.tensor(nsp_labels.numel(), device=labels.device)
     else:
-        nsp, nsp_correct, nsp_count = mlm.new_zeros(()), zero, zero
+        # Zero, but still connected to the NSP head and the pooler, so that every parameter gets a (zero)
+        # gradient and DistributedDataParallel does not stop on unused parameters in MLM-only runs.
+        nsp = 0.0 * outputs.seq_relationship_logits.float().sum()
+        nsp_correct, nsp_count = zero, zero
     return {
         "loss": mlm + nsp,
         "mlm_loss": mlm,

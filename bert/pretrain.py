@@ -270,6 +270,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
                 stop.arm_in_eval(debug_sig)
             metrics, stop_now = evaluate(accelerator, model, eval_loader, stop)
             if not stop_now:
+                state["eval"] = {"step": step, **metrics}
                 _log(
                     accelerator,
                     {f"eval/{k_}": v for k_, v in metrics.items()},
@@ -380,6 +381,7 @@ def save(accelerator: Any, model: Any, cfg: PretrainConfig, step: int, state: di
             "run_id": state["run_id"],
             "num_processes": accelerator.num_processes,
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "eval": state.get("eval", {}),
             "compat": state["compat"],
             "config": to_dict(cfg),
         }
@@ -533,22 +535,13 @@ def _print(main: bool, message: str) -> None:
 # ----------------------------------------------------------------------------------------- helpers: setup
 
 
-# Peak dense bf16/fp16 tensor FLOP/s of common GPUs, for MFU; BERT_PEAK_TFLOPS overrides.
-_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "A10G": 125.0, "L4": 121.0, "V100": 125.0}
-
-
 def _mfu(cfg: PretrainConfig, tokens_per_s_per_device: float, device: torch.device) -> float | None:
-    """Model FLOPs utilisation: achieved training FLOP/s over the GPU's peak."""
-    peak = os.environ.get("BERT_PEAK_TFLOPS")
-    if peak is None:
-        name = torch.cuda.get_device_name(device)
-        peak = next((v for key, v in _PEAK_TFLOPS.items() if key in name), None)
-    if peak is None:
-        return None
-    from bert.model.flops import training_flops_per_token
+    """Model FLOPs utilisation: achieved training FLOP/s over the GPU's peak (None when unknown)."""
+    from bert.model.flops import mfu, training_flops_per_token
 
     flops = training_flops_per_token(cfg.model, cfg.data.max_seq_length, cfg.data.masked_lm_prob)
-    return tokens_per_s_per_device * flops / (float(peak) * 1e12)
+    dtype = cfg.train.mixed_precision if cfg.train.mixed_precision != "no" else "fp32"
+    return mfu(tokens_per_s_per_device * flops, device, dtype)
 
 
 def _tokenizer_vocab_size(tokenizer_dir: Path, data_meta: dict[str, Any]) -> int | None:

@@ -68,11 +68,13 @@ def test_mlm_only_batch_has_zero_nsp_terms():
         "masked_lm_positions": torch.zeros(2, 3, dtype=torch.long),
         "masked_lm_labels": torch.randint(0, 9, (2, 3)),
     }
-    out = pretraining_loss(BertForPreTrainingOutput(logits, torch.randn(2, 2)), batch)
+    nsp_logits = torch.randn(2, 2, requires_grad=True)
+    out = pretraining_loss(BertForPreTrainingOutput(logits, nsp_logits), batch)
     assert out["nsp_loss"].item() == 0 and out["nsp_count"].item() == 0 and out["nsp_correct"].item() == 0
     torch.testing.assert_close(out["loss"], out["mlm_loss"])
     out["loss"].backward()
     assert logits.grad is not None
+    assert nsp_logits.grad is not None and (nsp_logits.grad == 0).all()  # attached, for DDP, but no signal
 
 
 def test_full_sequence_logits_are_gathered_at_the_masked_positions():

@@ -175,3 +175,40 @@ def test_mlm_head_runs_only_at_masked_positions(path):
     assert rows_seen[0] == (2, 3, 32)  # the transform saw (B, P, H), never (B, T, H)
     assert out.prediction_logits.shape == (2, 3, 99)
     assert full.prediction_logits.shape == (2, 16, 99)
+
+
+def test_unpadded_layout_stores_sequences_longest_first_in_length_buckets():
+    lengths = [3, 8, 0, 5, 8, 1]
+    batch = make_batch(lengths, 8, 99)
+    layout = build_layout(batch["attention_mask"], 6, 8, "unpadded", torch.device("cpu"))
+    stored = [8, 8, 8, 5, 3, 1]  # the fully padded row counts as 8 real tokens (finite, ignored)
+    assert layout.cu_seqlens.tolist() == [0, 8, 16, 24, 29, 32, 33] and layout.max_seqlen == 8
+    assert [b.seq_len for b in layout.buckets][0] == 8
+    assert layout.buckets[0].start == 0 and layout.buckets[-1].end == sum(stored)
+    assert sum(b.num_seqs for b in layout.buckets) == 6
+    # Every real token is stored exactly once, and flat_to_row inverts indices.
+    assert sorted(layout.indices.tolist()) == sorted(set(layout.indices.tolist()))
+    assert (layout.flat_to_row[layout.indices] == torch.arange(33)).all()
+
+
+def test_length_buckets_trade_padding_against_calls(monkeypatch):
+    import bert.model.masking as masking
+
+    monkeypatch.setattr(masking, "BUCKET_COST_PAIRS", 100)
+    assert masking.length_buckets([128, 128, 20, 20]) == [(0, 2), (2, 4)]
+    assert masking.length_buckets([10, 10, 10]) == [(0, 3)]
+    monkeypatch.setattr(masking, "BUCKET_COST_PAIRS", 10**9)
+    assert masking.length_buckets([128, 64, 20, 5]) == [(0, 4)]
+
+
+def test_unpadded_with_many_buckets_matches_sdpa_under_dropout_off(monkeypatch):
+    import bert.model.masking as masking
+
+    monkeypatch.setattr(masking, "BUCKET_COST_PAIRS", 1)  # one bucket per distinct length
+    models = _shared_weights({}, paths=["sdpa", "unpadded"])
+    batch = make_batch([5, 12, 3, 12, 9, 1], 12, 99)
+    real = batch["attention_mask"].bool()
+    with torch.no_grad():
+        a, b = models["sdpa"](**batch), models["unpadded"](**batch)
+    torch.testing.assert_close(b.last_hidden_state[real], a.last_hidden_state[real], atol=1e-5, rtol=0)
+    torch.testing.assert_close(b.pooler_output, a.pooler_output, atol=1e-5, rtol=0)

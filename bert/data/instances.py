@@ -96,7 +96,7 @@ def _random_other_document(
     for _ in range(10):
         other = rng.randrange(len(documents) - 1)
         other += other >= document_index  # uniform over the others, never the document itself
-        if documents[other]:
+        if any(len(sentence) > 0 for sentence in documents[other]):
             return documents[other]
     return None
 

@@ -13,12 +13,14 @@ ever uses a key-padding mask (every query may look at every real key of its own 
   * sdpa: the same boolean mask is handed to `scaled_dot_product_attention` (True = attend).
 - `UnpaddedLayout` (path 'unpadded' with padding): pad tokens are removed BEFORE the embeddings. The real tokens
   of the batch are gathered into a (N, H) tensor, N = number of real tokens, with `cu_seqlens` (B + 1,)
-  marking where each sequence starts, as MosaicBERT and ModernBERT do. Every Linear, LayerNorm, GELU and
-  dropout then runs on real tokens only. Attention is variable-length on real tokens only (see attention.py).
+  marking where each sequence starts, as MosaicBERT and ModernBERT do. Sequences are stored longest first and
+  grouped into length buckets, so that the CPU fallback kernel attends blocks of similar lengths. Every
+  Linear, LayerNorm, GELU and dropout then runs on real tokens only. Attention is variable-length on real
+  tokens only (see attention.py). Position ids are the tokens' columns in the padded batch, as in Hugging Face.
   The heads never re-pad: `gather` picks [CLS] and the masked positions straight from the (N, H) tensor.
 
 Rows without any real token (fully padded rows) are treated as if every token were real: their queries attend
-uniformly over the row, which keeps outputs finite (never NaN, in every dtype) and cannot affect other rows.
+over the whole row, which keeps outputs finite (never NaN, in every dtype) and cannot affect other rows.
 Padding never changes the outputs at real tokens: real queries only ever see real keys of their own row.
 """
 
