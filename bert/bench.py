@@ -1,13 +1,15 @@
 """`bert bench`: training-step throughput of our BertForPreTraining against transformers', side by side.
 
-Both models get the same config, the same weights (ours copied into the reference through the state dict, the
-key names being identical), the same batch and the same optimizer (torch AdamW, default settings), and run
-alternately in one process: warm-up steps for each, then ours, reference, ours, reference, ...; the figure
-of each is the median step time. A step is forward + loss + backward + AdamW step + zero_grad, in train mode
-(dropout on). Ours runs the MLM head at the masked positions only and uses `--attn`; the reference is
-`transformers.BertForPreTraining` with its default attention, computing its MLM loss on (B, T, V) logits with
--100 labels, as its users do. Tokens/s counts REAL (non-pad) tokens for both: the same batch, so the ratio is
-the same on any basis.
+Both models get the same config, the same weights (ours copied into the reference through the state dict,
+the key names being identical), the same batch and the same optimizer (torch AdamW, default settings, or with
+`--fused-adamw` the fused kernel for both), and run alternately in one process: warm-up steps for each, then
+ours, reference, ours, reference, ...; the figure of each is the median step time. A step is forward + loss +
+backward + AdamW step + zero_grad, in train mode (dropout on). Wall time is the figure; the CPU time of the
+process is printed beside it because, on a shared machine, other jobs stretch wall time (and 2-thread steps
+wait on descheduled threads). Ours runs the MLM head at the masked positions only and uses `--attn`; the
+reference is `transformers.BertForPreTraining` with its default attention, computing its MLM loss on (B, T, V)
+logits with -100 labels, as its users do. Tokens/s counts REAL (non-pad) tokens for both: the same batch, so
+the ratio is the same on any basis.
 
 The batch imitates Google's pretraining data: sentence pairs filling the sequence 90% of the time and a
 random shorter target (short_seq_prob 0.1) otherwise, each pair falling short of its target by a random
@@ -91,7 +93,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     from bert.losses import pretraining_loss
     from bert.model.modeling import BertForPreTraining
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(getattr(args, "threads", None) or os.cpu_count() or 1)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     config = load_config(PretrainConfig, None, [f"model={args.model}"]).model
     config.attn_implementation = args.attn
@@ -121,7 +123,9 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    steps = {"ours": (our_step, torch.optim.AdamW(ours.parameters(), lr=1e-4))}
+    # The same optimizer for both: torch's default AdamW (as bert/optim.py builds it), or the fused one.
+    adamw = {"fused": True} if getattr(args, "fused_adamw", False) else {}
+    steps = {"ours": (our_step, torch.optim.AdamW(ours.parameters(), lr=1e-4, **adamw))}
     if not args.no_reference:
         try:
             import transformers
@@ -150,22 +154,23 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
-        steps["reference"] = (ref_step, torch.optim.AdamW(ref.parameters(), lr=1e-4))
+        steps["reference"] = (ref_step, torch.optim.AdamW(ref.parameters(), lr=1e-4, **adamw))
 
-    def timed(name: str) -> float:
+    def timed(name: str) -> tuple[float, float]:
+        """(wall seconds, CPU seconds of this process) of one step."""
         step, optimizer = steps[name]
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         step(optimizer)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        return time.perf_counter() - start
+        return time.perf_counter() - start, time.process_time() - cpu_start
 
     for _ in range(args.warmup):
         for name in steps:
             timed(name)
-    times: dict[str, list[float]] = {name: [] for name in steps}
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in steps}
     for _ in range(args.steps):
         for name in steps:  # interleaved, so that load changes hit both alike
             times[name].append(timed(name))
@@ -182,13 +187,16 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         "real_fraction": real_tokens / batch["input_ids"].numel(),
         "masked_slots_P": int(batch["masked_lm_positions"].shape[1]),
         "steps": args.steps,
+        "adamw": "fused" if adamw else "default",
         "load_average": os.getloadavg(),
     }
     for name, values in times.items():
-        median = statistics.median(values)
-        result[name] = {"median_step_s": median, "tokens_per_s": real_tokens / median}
+        wall = statistics.median(w for w, _ in values)
+        cpu = statistics.median(c for _, c in values)
+        result[name] = {"median_step_s": wall, "tokens_per_s": real_tokens / wall, "median_cpu_s": cpu}
     if "reference" in result:
         result["speedup"] = result["ours"]["tokens_per_s"] / result["reference"]["tokens_per_s"]
+        result["cpu_time_ratio"] = result["reference"]["median_cpu_s"] / result["ours"]["median_cpu_s"]
     _print_table(result)
     if args.json:
         with open(args.json, "w") as f:
@@ -202,12 +210,17 @@ def _print_table(result: dict[str, Any]) -> None:
         f"model={result['model']} attn={result['attn']} dtype={result['dtype']} device={result['device']} "
         f"threads={result['threads']} batch={result['batch_size']}x{result['seq_len']} "
         f"real tokens={result['real_tokens']} ({result['real_fraction']:.0%}) P={result['masked_slots_P']} "
-        f"load={result['load_average'][0]:.2f}"
+        f"adamw={result['adamw']} load={result['load_average'][0]:.2f}"
     )
-    print(f"{'model':<12} {'step (median)':>14} {'real tokens/s':>14}")
+    print(f"{'model':<12} {'step (median)':>14} {'real tokens/s':>14} {'CPU time/step':>14}")
     for name in ("ours", "reference"):
         if name in result:
             r = result[name]
-            print(f"{name:<12} {r['median_step_s'] * 1000:>11.1f} ms {r['tokens_per_s']:>14.0f}")
+            print(
+                f"{name:<12} {r['median_step_s'] * 1000:>11.1f} ms {r['tokens_per_s']:>14.0f} "
+                f"{r['median_cpu_s'] * 1000:>11.1f} ms"
+            )
     if "speedup" in result:
         print(f"speedup (ours / reference): {result['speedup']:.2f}x")
+        # CPU seconds of this process: less sensitive to other jobs on a shared machine than wall time.
+        print(f"CPU-time ratio (reference / ours): {result['cpu_time_ratio']:.2f}x")

@@ -322,6 +322,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and the batch")
     p.add_argument("--json", help="also write the results as JSON here")
     p.add_argument("--no-reference", action="store_true", help="time only this project's model")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: every core of the machine)"
+    )
+    p.add_argument(
+        "--fused-adamw", action="store_true", help="use torch's fused AdamW for both models (default: for-loop)"
+    )
     return parser
 
 

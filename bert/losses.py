@@ -47,8 +47,15 @@ def mlm_loss(
 
 
 def nsp_loss(seq_relationship_logits: torch.Tensor, next_sentence_label: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of the (B, 2) NSP logits against (B,) labels (0 = IsNext, 1 = random)."""
-    return F.cross_entropy(seq_relationship_logits.float(), next_sentence_label.reshape(-1))
+    """Mean cross-entropy of the (B, 2) NSP logits against (B,) labels (0 = IsNext, 1 = random).
+
+    Labels -100 (MLM-only instances without a sentence pair) are ignored; a batch of only those gives 0.
+    """
+    labels = next_sentence_label.reshape(-1)
+    total = F.cross_entropy(
+        seq_relationship_logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="sum"
+    )
+    return total / (labels != IGNORE_INDEX).sum().clamp(min=1)
 
 
 def pretraining_loss(
@@ -72,8 +79,9 @@ def pretraining_loss(
         nsp_labels = batch["next_sentence_label"].reshape(-1)  # (B,)
         nsp = nsp_loss(outputs.seq_relationship_logits, nsp_labels)
         with torch.no_grad():
-            nsp_correct = (outputs.seq_relationship_logits.argmax(-1) == nsp_labels).sum()
-            nsp_count = torch.tensor(nsp_labels.numel(), device=labels.device)
+            nsp_valid = nsp_labels != IGNORE_INDEX
+            nsp_correct = ((outputs.seq_relationship_logits.argmax(-1) == nsp_labels) & nsp_valid).sum()
+            nsp_count = nsp_valid.sum()
     else:
         # Zero, but still connected to the NSP head and the pooler, so that every parameter gets a (zero)
         # gradient and DistributedDataParallel does not stop on unused parameters in MLM-only runs.

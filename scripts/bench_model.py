@@ -1,7 +1,7 @@
 """Benchmark a BertForPreTraining training step against transformers: a thin wrapper of `bert bench`.
 
-    python scripts/bench_model.py --model mini --batch-size 32
-    python scripts/bench_model.py --model base --batch-size 8 --json bench_base.json
+python scripts/bench_model.py --model mini --batch-size 32
+python scripts/bench_model.py --model base --batch-size 8 --json bench_base.json
 """
 
 import sys

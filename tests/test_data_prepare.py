@@ -249,3 +249,11 @@ def test_validation_split_is_by_document(tmp_path):
 
     assert meta["counts"]["validation_documents"] == 2
     assert len(doc_words("validation")) == 2 and not doc_words("validation") & doc_words("train")
+
+
+def test_single_document_corpus_has_an_empty_validation_split(tmp_path):
+    corpus = tmp_path / "one.txt"
+    corpus.write_text("One sentence here.\nAnother sentence there.\nA third one.\n")
+    splits, meta = load_prepared(run_prepare(config(tmp_path, corpus=[str(corpus)]), progress=False))
+    assert len(splits["validation"]) == 0 and len(splits["train"]) >= 1
+    assert set(splits["train"]["next_sentence_label"]) <= {0, -100}  # no other document: never "random"

@@ -85,3 +85,18 @@ def test_full_sequence_logits_are_gathered_at_the_masked_positions():
     gathered = full[torch.arange(2).unsqueeze(1), positions]  # (B, P, V)
     out = pretraining_loss(BertForPreTrainingOutput(full, torch.randn(2, 2)), batch)
     torch.testing.assert_close(out["mlm_loss"], mlm_loss(gathered, labels))
+
+
+def test_nsp_labels_of_minus_100_are_ignored():
+    logits = torch.randn(3, 2)
+    labels = torch.tensor([1, -100, 0])
+    torch.testing.assert_close(nsp_loss(logits, labels), F.cross_entropy(logits[[0, 2]], labels[[0, 2]]))
+    assert nsp_loss(logits, torch.full((3,), -100)).item() == 0
+    batch = {
+        "masked_lm_positions": torch.zeros(3, 1, dtype=torch.long),
+        "masked_lm_labels": torch.zeros(3, 1, dtype=torch.long),
+        "next_sentence_label": labels,
+    }
+    out = pretraining_loss(BertForPreTrainingOutput(torch.randn(3, 1, 5), logits), batch)
+    assert out["nsp_count"].item() == 2
+    assert out["nsp_correct"].item() == int((logits.argmax(-1) == labels)[[0, 2]].sum())

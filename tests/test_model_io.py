@@ -28,6 +28,7 @@ def test_save_load_round_trip_is_exact_and_retied(tmp_path):
     saved = load_file(str(tmp_path / "model.safetensors"))
     assert "cls.predictions.decoder.weight" not in saved  # tied: written once, as the word embeddings
     loaded = BertForPreTraining.from_pretrained(tmp_path)
+    assert loaded.config.attn_implementation == "sdpa" and loaded.config.pre_layer_norm
     assert loaded.config == model.config.__class__(
         **{**model.config.to_dict(), "architectures": ["BertForPreTraining"]}
     )
@@ -46,8 +47,10 @@ def test_save_load_round_trip_is_exact_and_retied(tmp_path):
 )
 def test_transformers_loads_our_folder_with_no_missing_keys(tmp_path, ours, theirs):
     torch.manual_seed(0)
-    model = ours(tiny_config(num_labels=3)).eval()
+    model = ours(tiny_config(num_labels=3, attn_implementation="unpadded")).eval()
     model.save_pretrained(tmp_path)
+    # Our attention path is stored under a key transformers does not act on (it rejects 'unpadded').
+    assert ours.from_pretrained(tmp_path).config.attn_implementation == "unpadded"
     ref, info = theirs.from_pretrained(tmp_path, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
     batch = make_batch([8, 5], 8, 99)

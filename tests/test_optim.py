@@ -23,7 +23,11 @@ def test_param_groups_exclude_bias_and_layernorm_from_weight_decay():
     decay, no_decay = param_groups(model, 0.01)
     names = {id(p): n for n, p in model.named_parameters()}
     assert sorted(names[id(p)] for p in decay["params"]) == ["dense.weight", "emb.weight"]
-    assert sorted(names[id(p)] for p in no_decay["params"]) == ["LayerNorm.bias", "LayerNorm.weight", "dense.bias"]
+    assert sorted(names[id(p)] for p in no_decay["params"]) == [
+        "LayerNorm.bias",
+        "LayerNorm.weight",
+        "dense.bias",
+    ]
     assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
 
 

@@ -53,9 +53,7 @@ def test_gradient_accumulation_equals_one_big_batch(cache, tmp_path):
     for step, loss in big_losses.items():
         assert acc_losses[step] == pytest.approx(loss, rel=1e-5, abs=1e-6)
     _assert_close(_final(tmp_path / "big"), _final(tmp_path / "acc"))
-    # Sanity of the comparison itself: averaging per-micro-batch means instead would not match
     assert big["step"] == acc["step"] == 6
-    assert any(big_losses[s] != train_losses(tmp_path / "big")[1] for s in big_losses)
 
 
 def test_two_processes_equal_one(cache, tmp_path):

@@ -354,7 +354,9 @@ def _build_split(
         new_fingerprint=f"final-{split}",
         desc=f"finishing {split}",
     )
-    final.save_to_disk(str(out / split), max_shard_size="256MB")
+    # An empty split (a corpus of one document has no validation) still needs one shard to load back.
+    shards = {"num_shards": 1} if len(final) == 0 else {"max_shard_size": "256MB"}
+    final.save_to_disk(str(out / split), **shards)
     return _split_counts(final, data_cfg)
 
 
@@ -522,6 +524,10 @@ def summary(folder: Path, meta: dict[str, Any]) -> str:
             f"none (single-sentence documents, MLM only) {nsp['none'] / total:.1%}"
         )
     lines.append(f"  tokenizer  {meta['vocab_size']:,} tokens, {'uncased' if meta['lowercase'] else 'cased'}")
+    if val["instances"] == 0:
+        lines.append(
+            "  warning    the validation split is empty (fewer than 2 documents, or validation_fraction=0)"
+        )
     if inp["files"]:
         lines.append(f"  input      {_plural(inp['files'], 'file')} read")
     if inp["skipped_files"]:

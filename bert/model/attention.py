@@ -47,7 +47,11 @@ def eager_attention(
 def sdpa_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None, dropout_p: float
 ) -> torch.Tensor:
-    """q, k, v (B, A, T, D) -> context (B, A, T, D); key_mask (B, 1, 1, T) bool or None (fast kernel)."""
+    """q, k, v (B, A, T, D) -> context (B, A, T, D); key_mask (B, 1, 1, T) bool or None (fast kernel).
+
+    A boolean mask (True = attend) is passed as such, never converted by us to an additive float mask; every
+    row has at least one True key (masking.key_padding_mask), so no row of the softmax is empty.
+    """
     return F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=dropout_p)
 
 

@@ -14,6 +14,9 @@ from typing import Any, Literal
 
 # Fields we write to config.json that are not ours; `transformers` needs them to pick the right class.
 _HF_EXTRA = {"model_type": "bert"}
+# `transformers` treats an `attn_implementation` key in config.json as an order (and rejects 'unpadded'), so
+# config.json stores our attention path under this name instead; `from_dict` reads both.
+_ATTN_KEY = "bert_attn_implementation"
 
 
 @dataclass
@@ -81,6 +84,8 @@ class BertConfig:
         """Build from a dict such as a Hugging Face config.json; keys we do not model are ignored."""
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in names}
+        if _ATTN_KEY in data:
+            kwargs["attn_implementation"] = data[_ATTN_KEY]
         if kwargs.get("attn_implementation") not in (None, "eager", "sdpa", "unpadded"):
             kwargs.pop("attn_implementation")
         if "id2label" in data and "num_labels" not in data:
@@ -92,6 +97,7 @@ class BertConfig:
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
         data = {**_HF_EXTRA, **self.to_dict()}
+        data[_ATTN_KEY] = data.pop("attn_implementation")
         data["id2label"] = {str(i): f"LABEL_{i}" for i in range(self.num_labels)}
         data["label2id"] = {f"LABEL_{i}": i for i in range(self.num_labels)}
         (path / "config.json").write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")

@@ -15,6 +15,8 @@ unpadding.
 
 from __future__ import annotations
 
+from typing import Any
+
 from bert.model.config import BertConfig
 
 PEAK_FLOPS = {
@@ -44,7 +46,7 @@ def training_flops_per_token(config: BertConfig, seq_len: int, masked_fraction: 
     return float(dense + attention + mlm_head + pooler_nsp)
 
 
-def mfu(flops_per_second: float, device, dtype: str = "bf16") -> float | None:
+def mfu(flops_per_second: float, device: Any, dtype: str = "bf16") -> float | None:
     """Achieved / peak dense FLOP/s of a known CUDA GPU, or None (CPU, unknown device).
 
     `dtype` 'bf16' or 'fp16' use the tensor-core half-precision peak, anything else the TF32 peak.

@@ -6,6 +6,8 @@ unpadded (N, H) hidden states; only the attention kernel needs the layout.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -15,7 +17,7 @@ from bert.model.config import BertConfig
 from bert.model.masking import Layout
 
 
-def activation(name: str):
+def activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """'gelu' is BERT's exact erf GELU; 'gelu_new' (alias 'gelu_pytorch_tanh') the tanh approximation."""
     if name == "gelu":
         return F.gelu
