@@ -17,7 +17,8 @@ from bert.config import PretrainConfig, load_config
 REPO = Path(__file__).resolve().parent.parent
 
 # One thread: the tiny model gains nothing from more, a busy machine makes extra threads spin, and runs in
-# this process and in subprocesses must use the same arithmetic to be bit-identical.
+# this process and in subprocesses must use the same arithmetic to be bit-identical. `pretrain_here` sets it
+# again before every run, because other code in this process (fine-tuning) may have changed it.
 torch.set_num_threads(1)
 
 TINY = [
@@ -76,6 +77,7 @@ def pretrain_here(cache_dir: Path, run_dir: Path, *extra: str) -> dict:
     from bert.pretrain import pretrain
 
     reset_accelerate()
+    torch.set_num_threads(1)
     try:
         return pretrain(tiny_config(cache_dir, run_dir, *extra))
     finally:
