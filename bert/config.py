@@ -136,6 +136,8 @@ class OptimizerConfig:
     """Exponent of the polynomial decay."""
     min_lr_ratio: float = 0.0
     """Floor of the decay as a fraction of lr."""
+    fused: bool = True
+    """AdamW only: torch's fused kernel, one pass per tensor (5-8x cheaper on CPU than the default foreach)."""
 
 
 @dataclass

@@ -270,26 +270,6 @@ def load_model(model_path: str | Path, task: Task, attn_implementation: str | No
     return model
 
 
-def build_finetune_optimizer(model: torch.nn.Module, cfg: Any) -> torch.optim.Optimizer:
-    """AdamW as `bert.optim.build_optimizer` builds it (no decay on biases and LayerNorm), but fused.
-
-    The fused kernel updates each tensor in one pass. On a 2-core CPU the default (foreach) AdamW step over
-    MiniLM's 22.7M parameters (half of them the word embeddings, which every step must update: Adam's moments
-    decay even for rows without gradient) cost 5-8x more than the fused one, about 15% of a fine-tuning step.
-    """
-    from bert.optim import build_optimizer, param_groups
-
-    if cfg.name != "adamw":
-        return build_optimizer(model, cfg)
-    groups = param_groups(model, cfg.weight_decay)
-    for group in groups:
-        group.pop("use_trust_ratio")
-    betas = (float(cfg.betas[0]), float(cfg.betas[1]))
-    return torch.optim.AdamW(
-        groups, lr=cfg.lr, betas=betas, eps=cfg.eps, weight_decay=cfg.weight_decay, fused=True
-    )
-
-
 def resolve_model_path(path: str | Path, output_dir: Path, write: bool = True) -> Path:
     """A folder with config.json: the path itself, a run folder's `export/`, or a training checkpoint
     (a step folder, or a run folder's latest) exported to `<output_dir>/init_model` first."""
@@ -481,13 +461,13 @@ def _train_one_seed(
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
 
-    from bert.optim import build_scheduler
+    from bert.optim import build_optimizer, build_scheduler
 
     started = time.perf_counter()
     set_seed(seed)
     train_cfg = cfg.train
     model = load_model(cfg.model_path, task, cfg.attn_implementation)
-    optimizer = build_finetune_optimizer(model, cfg.optimizer)
+    optimizer = build_optimizer(model, cfg.optimizer)
     sampler = LengthGroupedBatchSampler(
         data.train.lengths, train_cfg.batch_size, seed, train_cfg.mega_batch, group=train_cfg.group_by_length
     )

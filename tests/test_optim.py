@@ -42,6 +42,25 @@ def test_adamw_does_not_decay_bias():
     assert torch.allclose(model.dense.weight, weight * (1 - 0.1 * 0.5))
 
 
+def test_fused_adamw_is_the_default_and_matches_the_unfused_one():
+    torch.manual_seed(0)
+    fused_model, plain_model = Tiny(), Tiny()
+    plain_model.load_state_dict(fused_model.state_dict())
+    start = fused_model.dense.weight.detach().clone()
+    fused = build_optimizer(fused_model, OptimizerConfig(lr=0.01))
+    plain = build_optimizer(plain_model, OptimizerConfig(lr=0.01, fused=False))
+    assert fused.defaults["fused"] and not plain.defaults["fused"]
+    for _ in range(3):
+        grads = [torch.randn_like(p) for p in fused_model.parameters()]
+        for model, opt in ((fused_model, fused), (plain_model, plain)):
+            for p, g in zip(model.parameters(), grads):
+                p.grad = g.clone()
+            opt.step()
+    for a, b in zip(fused_model.parameters(), plain_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    assert (fused_model.dense.weight - start).abs().min() > 1e-3  # the steps did move every weight
+
+
 @pytest.mark.parametrize(
     "schedule,step,expected",
     [

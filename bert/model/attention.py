@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bert.model.config import BertConfig
+from bert.model.dropout import Dropout
 from bert.model.masking import Layout, PaddedLayout, UnpaddedLayout
 
 try:  # optional CUDA kernel for the unpadded path
@@ -119,7 +120,7 @@ class BertSelfOutput(nn.Module):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
         self.pre_layer_norm = config.pre_layer_norm
 
     def forward(self, context: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:

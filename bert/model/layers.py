@@ -14,6 +14,7 @@ from torch import nn
 
 from bert.model.attention import BertAttention
 from bert.model.config import BertConfig
+from bert.model.dropout import Dropout
 from bert.model.masking import Layout
 
 
@@ -47,7 +48,7 @@ class BertOutput(nn.Module):
         super().__init__()
         self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
         self.pre_layer_norm = config.pre_layer_norm
 
     def forward(self, intermediate: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:

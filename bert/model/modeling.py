@@ -19,6 +19,7 @@ from torch import nn
 from bert.errors import UserError
 from bert.model import convert
 from bert.model.config import BertConfig
+from bert.model.dropout import Dropout
 from bert.model.embeddings import BertEmbeddings
 from bert.model.heads import BertPreTrainingHeads
 from bert.model.layers import BertEncoder, BertPooler
@@ -194,7 +195,7 @@ class BertForSequenceClassification(BertPreTrainedModel):
         self.num_labels = config.num_labels
         self.bert = BertModel(config)
         dropout = config.classifier_dropout
-        self.dropout = nn.Dropout(config.hidden_dropout_prob if dropout is None else dropout)
+        self.dropout = Dropout(config.hidden_dropout_prob if dropout is None else dropout)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.init_weights()
 
