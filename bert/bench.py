@@ -123,7 +123,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    # The same optimizer for both: torch's default AdamW (as bert/optim.py builds it), or the fused one.
+    # The same optimizer for both: torch's default AdamW (foreach), or the fused one (what training uses).
     adamw = {"fused": True} if getattr(args, "fused_adamw", False) else {}
     steps = {"ours": (our_step, torch.optim.AdamW(ours.parameters(), lr=1e-4, **adamw))}
     if not args.no_reference:

@@ -326,7 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads", type=int, default=None, help="torch CPU threads (default: every core of the machine)"
     )
     p.add_argument(
-        "--fused-adamw", action="store_true", help="use torch's fused AdamW for both models (default: for-loop)"
+        "--fused-adamw",
+        action="store_true",
+        help="use torch's fused AdamW for both models, as training does (default: foreach)",
     )
     return parser
 

@@ -35,3 +35,35 @@ def test_hparams_are_flat_scalars_without_secrets(monkeypatch):
     assert flat["train.max_steps"] == 1000 and isinstance(flat["data.corpus"], str)
     assert all(isinstance(v, (int, float, str, bool)) for v in flat.values())
     assert "secret-value-123" not in repr(flat)
+
+
+def test_a_run_writes_tensorboard_events_and_an_offline_wandb_run(monkeypatch, tmp_path):
+    """The dashboards for real: a 6-step tiny run with both trackers leaves the metrics in both."""
+    import sys
+    from pathlib import Path
+
+    import pytest
+
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from pretrain_utils import prepare_tiny, pretrain_here
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cache, run = tmp_path / "prepared", tmp_path / "run"
+    prepare_tiny(cache)
+    pretrain_here(cache, run, "logging.trackers=[tensorboard,wandb]", "train.eval_every=3")
+
+    events = sorted((run / "bert").glob("events.out.tfevents.*"))
+    assert len(events) == 1
+    scalars = EventAccumulator(str(events[0])).Reload().Tags()["scalars"]
+    assert {"train/mlm_accuracy", "train/nsp_accuracy", "eval/mlm_accuracy", "eval/nsp_accuracy"} <= set(
+        scalars
+    )
+
+    offline = list((run / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1
+    records = list(offline[0].glob("*.wandb"))
+    assert len(records) == 1 and b"eval/nsp_accuracy" in records[0].read_bytes()
