@@ -137,7 +137,7 @@ class OptimizerConfig:
     min_lr_ratio: float = 0.0
     """Floor of the decay as a fraction of lr."""
     fused: bool = True
-    """AdamW only: torch's fused kernel, one pass per tensor (5-8x cheaper on CPU than the default foreach)."""
+    """AdamW only: torch's fused kernel, one pass per tensor (much cheaper on CPU than the default foreach)."""
 
 
 @dataclass

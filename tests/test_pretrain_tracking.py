@@ -1,5 +1,13 @@
 """Dashboard settings (bert/tracking.py): wandb mode detection, one run id, no secrets in hyper-parameters."""
 
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pretrain_utils import prepare_tiny, pretrain_here  # noqa: E402
+
 from bert.config import LoggingConfig, PretrainConfig
 from bert.tracking import hparams, new_run_id, tracker_setup, wandb_mode
 
@@ -39,16 +47,8 @@ def test_hparams_are_flat_scalars_without_secrets(monkeypatch):
 
 def test_a_run_writes_tensorboard_events_and_an_offline_wandb_run(monkeypatch, tmp_path):
     """The dashboards for real: a 6-step tiny run with both trackers leaves the metrics in both."""
-    import sys
-    from pathlib import Path
-
-    import pytest
-
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from pretrain_utils import prepare_tiny, pretrain_here
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
