@@ -60,10 +60,20 @@ def _next_batch(cache: Path, run: Path, step: int = 6) -> dict[str, torch.Tensor
     return collator([EpochDataset(splits["train"])[key] for key in keys])
 
 
+def _check_equal(a: bytes, b: bytes, what: str) -> None:
+    """Raise unless two byte strings are equal. Not `assert a == b`: on failure pytest would diff the two
+    megabyte-long values with difflib, which is quadratic and ran for over 30 minutes on CI."""
+    if a != b:
+        first = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        raise AssertionError(
+            f"{what} differ (lengths {len(a)} and {len(b)}, first difference at byte {first})"
+        )
+
+
 def _assert_same(a: dict, b: dict) -> None:
-    assert a["model"] == b["model"], "model weights differ"
+    _check_equal(a["model"], b["model"], "model weights")
     assert a["data"] == b["data"], "data positions differ"
-    assert a["rng"] == b["rng"], "RNG states differ"
+    _check_equal(a["rng"], b["rng"], "RNG states")
     opt_a, opt_b = a["optimizer"]["state"], b["optimizer"]["state"]
     assert opt_a.keys() == opt_b.keys()
     for key in opt_a:
