@@ -1,8 +1,9 @@
 """`bert bench`: training-step throughput of our BertForPreTraining against transformers', side by side.
 
 Both models get the same config, the same weights (ours copied into the reference through the state dict,
-the key names being identical), the same batch and the same optimizer (torch AdamW, default settings, or with
-`--fused-adamw` the fused kernel for both), and run alternately in one process: warm-up steps for each, then
+the key names being identical), the same batch and the same optimizer (torch's fused AdamW, which our training
+and the transformers Trainer (torch >= 2.8) use by default, or with `--adamw default` torch's default
+implementation, for both), and run alternately in one process: warm-up steps for each, then
 ours, reference, ours, reference, ...; the figure of each is the median step time. A step is forward + loss +
 backward + AdamW step + zero_grad, in train mode (dropout on). Wall time is the figure; the CPU time of the
 process is printed beside it because, on a shared machine, other jobs stretch wall time (and 2-thread steps
@@ -123,8 +124,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    # The same optimizer for both: torch's default AdamW (foreach), or the fused one (what training uses).
-    adamw = {"fused": True} if getattr(args, "fused_adamw", False) else {}
+    # The same optimizer for both: the fused AdamW (what training uses), or torch's default implementation.
+    adamw = {"fused": True} if getattr(args, "adamw", "fused") == "fused" else {}
     steps = {"ours": (our_step, torch.optim.AdamW(ours.parameters(), lr=1e-4, **adamw))}
     if not args.no_reference:
         try:

@@ -326,9 +326,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads", type=int, default=None, help="torch CPU threads (default: every core of the machine)"
     )
     p.add_argument(
-        "--fused-adamw",
-        action="store_true",
-        help="use torch's fused AdamW for both models, as training does (default: foreach)",
+        "--adamw",
+        default="fused",
+        choices=["fused", "default"],
+        help="AdamW of both models: 'fused' (default; what `bert pretrain` and, on torch >= 2.8, the "
+        "transformers Trainer use) or torch's default implementation",
     )
     return parser
 

@@ -72,7 +72,10 @@ def pretraining_loss(
     mlm = mlm_loss(logits, labels, mlm_normalizer)
     with torch.no_grad():
         labelled = labels != IGNORE_INDEX
-        mlm_correct = ((logits.argmax(-1) == labels) & labelled).sum()
+        # Correct when the label's logit is the largest: `amax` is ~9x cheaper than `argmax` over 30k logits
+        # on the CPU. (On an exact tie for the maximum, this counts the label as correct.)
+        label_logit = logits.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (B, P)
+        mlm_correct = ((label_logit >= logits.amax(-1)) & labelled).sum()
         mlm_count = labelled.sum()
     zero = torch.zeros((), dtype=torch.long, device=labels.device)
     if batch.get("next_sentence_label") is not None:

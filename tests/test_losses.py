@@ -100,3 +100,16 @@ def test_nsp_labels_of_minus_100_are_ignored():
     out = pretraining_loss(BertForPreTrainingOutput(torch.randn(3, 1, 5), logits), batch)
     assert out["nsp_count"].item() == 2
     assert out["nsp_correct"].item() == int((logits.argmax(-1) == labels)[[0, 2]].sum())
+
+
+def test_mlm_correct_count_matches_argmax_on_random_logits():
+    """The count uses `label logit >= max logit` (cheaper than argmax): the same count without ties."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 5, 300, generator=g)
+    labels = torch.randint(0, 300, (6, 5), generator=g)
+    labels[::2] = logits[::2].argmax(-1)  # half the rows predicted right
+    labels[:, -1] = -100
+    batch = {"masked_lm_labels": labels, "next_sentence_label": None}
+    out = pretraining_loss(BertForPreTrainingOutput(logits, torch.zeros(6, 2)), batch)
+    expected = ((logits.argmax(-1) == labels) & (labels != -100)).sum()
+    assert out["mlm_correct"].item() == expected.item() >= 12

@@ -212,3 +212,46 @@ def test_unpadded_with_many_buckets_matches_sdpa_under_dropout_off(monkeypatch):
         a, b = models["sdpa"](**batch), models["unpadded"](**batch)
     torch.testing.assert_close(b.last_hidden_state[real], a.last_hidden_state[real], atol=1e-5, rtol=0)
     torch.testing.assert_close(b.pooler_output, a.pooler_output, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_training_with_attention_dropout_ignores_padding(path):
+    """Train mode, attention dropout on (the CPU's eager kernel with the cheap mask): with the same seed, junk
+    under the padding changes no real output and fully padded rows stay finite, in fp32 and bf16."""
+    torch.manual_seed(0)
+    model = BertModel(tiny_config(attn_implementation=path, attention_probs_dropout_prob=0.3)).train()
+    batch = make_batch([9, 5, 0], 9, 99)
+    junk = {k: v.clone() for k, v in batch.items()}
+    junk["input_ids"][1, 5:] = torch.randint(5, 99, (4,))
+    junk["token_type_ids"][1, 5:] = 1
+    outs = []
+    for inputs in (batch, junk):
+        torch.manual_seed(1)
+        outs.append(model(**inputs).last_hidden_state)
+    real = batch["attention_mask"].bool()
+    assert torch.isfinite(outs[0]).all()
+    torch.testing.assert_close(outs[1][real], outs[0][real], atol=1e-6, rtol=0)
+    with torch.no_grad():
+        evaluated = model.eval()(**batch).last_hidden_state
+    assert (evaluated[real] - outs[0][real]).abs().max() > 1e-3  # dropout really acted in train mode
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.isfinite(model.train()(**batch).last_hidden_state).all()
+
+
+@pytest.mark.parametrize("path", ["sdpa", "unpadded"])
+def test_sdpa_never_draws_attention_dropout_on_the_cpu(path, monkeypatch):
+    """SDPA's CPU dropout (math path, bernoulli_) is slow: training hands it dropout_p = 0 or is not called."""
+    seen = []
+    original = F.scaled_dot_product_attention
+
+    def spy(*args, dropout_p=0.0, **kwargs):
+        seen.append(dropout_p)
+        return original(*args, dropout_p=dropout_p, **kwargs)
+
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", spy)
+    model = BertModel(tiny_config(attn_implementation=path, attention_probs_dropout_prob=0.1)).train()
+    model(**make_batch([8, 5], 8, 99)).last_hidden_state.sum().backward()
+    assert all(p == 0.0 for p in seen)
+    with torch.no_grad():
+        model.eval()(**make_batch([8, 5], 8, 99))
+    assert seen and all(p == 0.0 for p in seen)  # eval: SDPA's fused kernel, no dropout

@@ -15,6 +15,12 @@ every mask rule lives), to one kernel:
   those pairs are real work: scores, softmax, dropout and their backward); one call per sequence pays the
   per-call cost B times. The buckets minimise pairs + a per-call cost; the scatter and gather are O(N * H)
   copies, small next to the O(N * H^2) projections.
+
+Attention dropout on the CPU: with dropout_p > 0, SDPA on the CPU runs its unfused math path and draws the
+dropout mask with `bernoulli_`, which is slow there (6% of a MiniLM fine-tuning step, plus mask checks of its
+own). Training on the CPU with attention dropout therefore runs `eager_attention` with the cheap 16-bit mask
+of dropout.py; the masking rule is the eager one (finfo.min of the scores' dtype). Without dropout (eval,
+or p = 0) and on CUDA, SDPA and flash-attn keep their fused kernels.
 """
 
 from __future__ import annotations
@@ -56,12 +62,26 @@ def sdpa_attention(
     return F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=dropout_p)
 
 
-def varlen_attention(qkv: torch.Tensor, layout: UnpaddedLayout, dropout_p: float) -> torch.Tensor:
+def _cpu_dropout(q: torch.Tensor, dropout: nn.Dropout) -> bool:
+    """Whether attention should run eagerly with the cheap CPU dropout mask (module docstring)."""
+    return dropout.training and dropout.p > 0.0 and q.device.type == "cpu"
+
+
+def attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None, dropout: nn.Dropout
+) -> torch.Tensor:
+    """q, k, v (B, A, T, D), key_mask (B, 1, 1, T) bool or None -> context (B, A, T, D), by SDPA or eagerly."""
+    if _cpu_dropout(q, dropout):
+        return eager_attention(q, k, v, key_mask, dropout)[0]
+    return sdpa_attention(q, k, v, key_mask, dropout.p if dropout.training else 0.0)
+
+
+def varlen_attention(qkv: torch.Tensor, layout: UnpaddedLayout, dropout: nn.Dropout) -> torch.Tensor:
     """qkv (N, 3, A, D) of real tokens only -> context (N, A, D); sequences delimited by layout.cu_seqlens."""
     if flash_attn_varlen_func is not None and qkv.is_cuda and qkv.dtype in (torch.float16, torch.bfloat16):
         q, k, v = qkv.unbind(1)  # each (N, A, D)
         cu, s = layout.cu_seqlens, layout.max_seqlen
-        return flash_attn_varlen_func(q, k, v, cu, cu, s, s, dropout_p=dropout_p)
+        return flash_attn_varlen_func(q, k, v, cu, cu, s, s, dropout_p=dropout.p if dropout.training else 0.0)
     _, _, heads, dim = qkv.shape
     outputs = []
     for bucket in layout.buckets:
@@ -70,7 +90,7 @@ def varlen_attention(qkv: torch.Tensor, layout: UnpaddedLayout, dropout_p: float
         if bucket.repad_index is not None:  # scatter into a zero-padded (b * S) block
             part = part.new_zeros(b * s, 3, heads, dim).index_copy(0, bucket.repad_index, part)
         q, k, v = part.view(b, s, 3, heads, dim).permute(2, 0, 3, 1, 4).unbind(0)  # each (b, A, S, D)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bucket.key_mask, dropout_p=dropout_p)
+        out = attend(q, k, v, bucket.key_mask, dropout)  # (b, A, S, D)
         out = out.transpose(1, 2).reshape(b * s, heads, dim)  # (b * S, A, D)
         if bucket.repad_index is not None:
             out = out.index_select(0, bucket.repad_index)  # (n, A, D)
@@ -89,7 +109,7 @@ class BertSelfAttention(nn.Module):
         self.query = nn.Linear(config.hidden_size, config.hidden_size)
         self.key = nn.Linear(config.hidden_size, config.hidden_size)
         self.value = nn.Linear(config.hidden_size, config.hidden_size)
-        self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
+        self.dropout = Dropout(config.attention_probs_dropout_prob)
 
     def forward(
         self, hidden: torch.Tensor, layout: Layout, output_attentions: bool = False
@@ -100,16 +120,15 @@ class BertSelfAttention(nn.Module):
         bias = torch.cat((self.query.bias, self.key.bias, self.value.bias))  # (3H,)
         qkv = F.linear(hidden, weight, bias)  # (..., 3H)
         qkv = qkv.view(*hidden.shape[:-1], 3, self.num_heads, self.head_dim)  # (..., 3, A, D)
-        dropout_p = self.dropout.p if self.training else 0.0
         if isinstance(layout, PaddedLayout):
             q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, A, T, D)
             if self.implementation == "eager" or output_attentions:
                 context, probs = eager_attention(q, k, v, layout.key_mask, self.dropout)
             else:
-                context, probs = sdpa_attention(q, k, v, layout.key_mask, dropout_p), None
+                context, probs = attend(q, k, v, layout.key_mask, self.dropout), None
             context = context.transpose(1, 2)  # (B, T, A, D)
         else:
-            context, probs = varlen_attention(qkv, layout, dropout_p), None  # (N, A, D)
+            context, probs = varlen_attention(qkv, layout, self.dropout), None  # (N, A, D)
         return context.reshape(hidden.shape), probs
 
 

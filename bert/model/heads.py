@@ -7,6 +7,7 @@ from torch import nn
 
 from bert.model.config import BertConfig
 from bert.model.layers import activation
+from bert.model.projection import VocabularyProjection
 
 
 class BertPredictionHeadTransform(nn.Module):
@@ -32,14 +33,17 @@ class BertLMPredictionHead(nn.Module):
     def __init__(self, config: BertConfig, word_embeddings: nn.Embedding) -> None:
         super().__init__()
         self.transform = BertPredictionHeadTransform(config)
-        self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
+        self.decoder = VocabularyProjection(config.hidden_size, config.vocab_size)  # sliced on the CPU
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
         self.decoder.weight = word_embeddings.weight  # (V, H), tied
         self.decoder.bias = self.bias  # (V,), tied
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        """(..., H) hidden states at the positions to predict -> (..., V) logits."""
-        return self.decoder(self.transform(hidden))
+    def forward(self, hidden: torch.Tensor, word_weight: torch.Tensor | None = None) -> torch.Tensor:
+        """(..., H) hidden states at the positions to predict -> (..., V) logits.
+
+        `word_weight`: the (V, H) matrix to project with, when the caller passes the alias of the tied
+        word embeddings (BertEmbeddings.forward); by default `decoder.weight`, the same parameter."""
+        return self.decoder(self.transform(hidden), word_weight)
 
 
 class BertPreTrainingHeads(nn.Module):

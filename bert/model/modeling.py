@@ -11,7 +11,7 @@ import dataclasses
 import logging
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -27,6 +27,15 @@ from bert.model.masking import Layout, build_layout
 from bert.model.outputs import BaseModelOutput, BertForPreTrainingOutput, SequenceClassifierOutput
 
 logger = logging.getLogger(__name__)
+
+
+class Encoded(NamedTuple):
+    """What BertModel.encode returns."""
+
+    hidden: torch.Tensor  # (B, T, H) padded or (N, H) unpadded
+    layout: Layout
+    attentions: tuple[torch.Tensor, ...] | None  # eager path with output_attentions only
+    word_weight: torch.Tensor  # (V, H) word-embedding matrix for a tied decoder (an alias when tied)
 
 
 class BertPreTrainedModel(nn.Module):
@@ -125,8 +134,12 @@ class BertModel(BertPreTrainedModel):
         token_type_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         output_attentions: bool = False,
-    ) -> tuple[torch.Tensor, Layout, tuple[torch.Tensor, ...] | None]:
-        """Hidden states in the layout of the attention path: (B, T, H) padded or (N, H) unpadded."""
+        tie_word_weight: bool = False,
+    ) -> Encoded:
+        """Hidden states in the layout of the attention path: (B, T, H) padded or (N, H) unpadded.
+
+        `tie_word_weight`: also return the word-embedding matrix for a tied decoder (BertEmbeddings.forward).
+        """
         b, t = input_ids.shape
         implementation = "eager" if output_attentions else self.config.attn_implementation
         layout = build_layout(attention_mask, b, t, implementation, input_ids.device)
@@ -134,11 +147,14 @@ class BertModel(BertPreTrainedModel):
             token_type_ids = torch.zeros_like(input_ids)
         position_ids = torch.arange(t, device=input_ids.device).expand(b, t)  # (B, T), as Hugging Face
         # Unpadded layout: pick the real tokens BEFORE embedding them; padded layout: identity.
-        hidden = self.embeddings(
-            layout.select(input_ids), layout.select(token_type_ids), layout.select(position_ids)
+        hidden, word_weight = self.embeddings(
+            layout.select(input_ids),
+            layout.select(token_type_ids),
+            layout.select(position_ids),
+            tie_word_weight,
         )  # (B, T, H) or (N, H)
         hidden, attentions = self.encoder(hidden, layout, output_attentions)
-        return hidden, layout, attentions
+        return Encoded(hidden, layout, attentions, word_weight)
 
     def forward(
         self,
@@ -147,7 +163,9 @@ class BertModel(BertPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         output_attentions: bool = False,
     ) -> BaseModelOutput:
-        hidden, layout, attentions = self.encode(input_ids, token_type_ids, attention_mask, output_attentions)
+        hidden, layout, attentions, _ = self.encode(
+            input_ids, token_type_ids, attention_mask, output_attentions
+        )
         return BaseModelOutput(
             last_hidden_state=layout.to_padded(hidden),  # (B, T, H)
             pooler_output=self.pooler(layout.cls(hidden)),  # (B, H)
@@ -172,14 +190,18 @@ class BertForPreTraining(BertPreTrainedModel):
         masked_lm_positions: torch.Tensor | None = None,
     ) -> BertForPreTrainingOutput:
         """masked_lm_positions (B, P): the MLM head runs only there -> (B, P, V); without it (B, T, V)."""
-        hidden, layout, _ = self.bert.encode(input_ids, token_type_ids, attention_mask)
+        hidden, layout, _, word_weight = self.bert.encode(
+            input_ids, token_type_ids, attention_mask, tie_word_weight=True
+        )
         if masked_lm_positions is None:
-            prediction_logits = self.cls.predictions(layout.to_padded(hidden))  # (B, T, V)
+            prediction_logits = self.cls.predictions(layout.to_padded(hidden), word_weight)  # (B, T, V)
         else:
             # Gather BEFORE the transform and the H x V matmul: the largest matmul of the step runs on P, not T.
             # (Running it once per distinct slot, unused slots all being position 0, was slower on CPU: the
             # copy back to (B, P, V) and its backward cost more than the rows saved.)
-            prediction_logits = self.cls.predictions(layout.gather(hidden, masked_lm_positions))  # (B, P, V)
+            prediction_logits = self.cls.predictions(
+                layout.gather(hidden, masked_lm_positions), word_weight
+            )  # (B, P, V)
         pooled = self.bert.pooler(layout.cls(hidden))  # (B, H)
         return BertForPreTrainingOutput(
             prediction_logits=prediction_logits,
@@ -205,6 +227,6 @@ class BertForSequenceClassification(BertPreTrainedModel):
         token_type_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
     ) -> SequenceClassifierOutput:
-        hidden, layout, _ = self.bert.encode(input_ids, token_type_ids, attention_mask)
+        hidden, layout, _, _ = self.bert.encode(input_ids, token_type_ids, attention_mask)
         pooled = self.bert.pooler(layout.cls(hidden))  # (B, H); only [CLS] is read, never re-padded
         return SequenceClassifierOutput(logits=self.classifier(self.dropout(pooled)))  # (B, num_labels)
