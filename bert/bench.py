@@ -78,12 +78,15 @@ def realistic_batch(
     return batch
 
 
-def _hf_labels(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The same MLM targets in Hugging Face's (B, T) form: the token id at masked positions, -100 elsewhere."""
-    labels = torch.full_like(batch["input_ids"], -100)
-    rows = torch.arange(labels.shape[0]).unsqueeze(1).expand_as(batch["masked_lm_positions"])
-    used = batch["masked_lm_labels"] != -100
-    labels[rows[used], batch["masked_lm_positions"][used]] = batch["masked_lm_labels"][used]
+def hf_mlm_labels(
+    input_ids: torch.Tensor, masked_lm_positions: torch.Tensor, masked_lm_labels: torch.Tensor
+) -> torch.Tensor:
+    """(B, P) slot labels (-100 = unused) at (B, P) positions -> Hugging Face's (B, T) form: the label at the
+    masked positions, -100 elsewhere."""
+    labels = torch.full_like(input_ids, -100)
+    rows = torch.arange(labels.shape[0]).unsqueeze(1).expand_as(masked_lm_positions)
+    used = masked_lm_labels != -100
+    labels[rows[used], masked_lm_positions[used]] = masked_lm_labels[used]
     return labels
 
 
@@ -140,7 +143,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         )
         ref = transformers.BertForPreTraining(hf_config).to(device).train()
         ref.load_state_dict(ours.state_dict())
-        hf_labels = _hf_labels(batch)
+        hf_labels = hf_mlm_labels(batch["input_ids"], batch["masked_lm_positions"], batch["masked_lm_labels"])
 
         def ref_step(optimizer: torch.optim.Optimizer) -> None:
             with autocast():

@@ -66,12 +66,3 @@ def masked_positions(lengths: list[int], per_row: int, seed: int = 0) -> tuple[t
             positions[row, :k] = 1 + torch.randperm(n - 1, generator=g)[:k]
             used[row, :k] = True
     return positions, used
-
-
-def token_labels(input_ids: torch.Tensor, positions: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """(B, P) slot labels (-100 = unused) at (B, P) positions -> (B, T) per-token labels, as transformers takes."""
-    out = torch.full_like(input_ids, -100)
-    rows = torch.arange(positions.shape[0]).unsqueeze(1).expand_as(positions)
-    used = labels != -100
-    out[rows[used], positions[used]] = labels[used]
-    return out

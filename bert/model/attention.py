@@ -62,16 +62,11 @@ def sdpa_attention(
     return F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=dropout_p)
 
 
-def _cpu_dropout(q: torch.Tensor, dropout: nn.Dropout) -> bool:
-    """Whether attention should run eagerly with the cheap CPU dropout mask (module docstring)."""
-    return dropout.training and dropout.p > 0.0 and q.device.type == "cpu"
-
-
 def attend(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None, dropout: nn.Dropout
 ) -> torch.Tensor:
     """q, k, v (B, A, T, D), key_mask (B, 1, 1, T) bool or None -> context (B, A, T, D), by SDPA or eagerly."""
-    if _cpu_dropout(q, dropout):
+    if dropout.training and dropout.p > 0.0 and q.device.type == "cpu":  # the cheap mask (module docstring)
         return eager_attention(q, k, v, key_mask, dropout)[0]
     return sdpa_attention(q, k, v, key_mask, dropout.p if dropout.training else 0.0)
 
