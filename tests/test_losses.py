@@ -1,13 +1,15 @@
-"""Pretraining losses: normalisers, ignored slots, counts, MLM-only batches, full-sequence logits."""
+"""Pretraining losses: the cross-entropy kernel, normalisers, ignored slots, counts, MLM-only batches,
+full-sequence logits."""
 
 from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
-from bert.losses import mlm_loss, nsp_loss, pretraining_loss
+from bert.losses import cross_entropy_sum, mlm_loss, nsp_loss, pretraining_loss
 from bert.model.outputs import BertForPreTrainingOutput
 
 
@@ -113,3 +115,36 @@ def test_mlm_correct_count_matches_argmax_on_random_logits():
     out = pretraining_loss(BertForPreTrainingOutput(logits, torch.zeros(6, 2)), batch)
     expected = ((logits.argmax(-1) == labels) & (labels != -100)).sum()
     assert out["mlm_correct"].item() == expected.item() >= 12
+
+
+def test_cross_entropy_sum_equals_torch_in_value_and_gradient():
+    logits = (torch.randn(6, 40) * 4).requires_grad_()
+    labels = torch.tensor([3, -100, 0, 39, -100, 7])
+    ours = cross_entropy_sum(logits, labels)
+    (grad_ours,) = torch.autograd.grad(ours * 0.25, logits)
+    theirs = F.cross_entropy(logits, labels, ignore_index=-100, reduction="sum")
+    (grad_theirs,) = torch.autograd.grad(theirs * 0.25, logits)
+    torch.testing.assert_close(ours, theirs)
+    torch.testing.assert_close(grad_ours, grad_theirs)
+    assert (grad_ours[[1, 4]] == 0).all()  # unlabelled rows get no gradient
+
+
+def test_cross_entropy_sum_does_not_underflow_on_confidently_wrong_logits():
+    logits = torch.zeros(2, 5)
+    logits[:, 0] = 200.0  # the label's probability is exp(-200): 0 in fp32
+    labels = torch.tensor([1, 0])
+    torch.testing.assert_close(cross_entropy_sum(logits, labels), torch.tensor(200.0 + 0.0))
+
+
+def test_cross_entropy_sum_backward_twice_and_without_grad():
+    logits = torch.randn(3, 9, requires_grad=True)
+    labels = torch.tensor([1, 2, -100])
+    loss = cross_entropy_sum(logits, labels)
+    (first,) = torch.autograd.grad(loss, logits, retain_graph=True)
+    (second,) = torch.autograd.grad(loss, logits)
+    torch.testing.assert_close(first, second)  # the saved gradient is not consumed in place
+    with torch.no_grad():
+        assert cross_entropy_sum(logits, labels).grad_fn is None
+    with pytest.raises(RuntimeError):  # no silent wrong answer for a second derivative
+        (grad,) = torch.autograd.grad(cross_entropy_sum(logits, labels), logits, create_graph=True)
+        grad.sum().backward()

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import bert.model.attention as attention
 from bert.model.masking import PaddedLayout, UnpaddedLayout, build_layout
-from bert.model.modeling import BertForPreTraining, BertModel
+from bert.model.modeling import BertForPreTraining, BertForSequenceClassification, BertModel
 from tests.model_helpers import make_batch, masked_positions, tiny_config
 
 PATHS = ["eager", "sdpa", "unpadded"]
@@ -175,6 +175,47 @@ def test_mlm_head_runs_only_at_masked_positions(path):
     assert rows_seen[0] == (2, 3, 32)  # the transform saw (B, P, H), never (B, T, H)
     assert out.prediction_logits.shape == (2, 3, 99)
     assert full.prediction_logits.shape == (2, 16, 99)
+
+
+@pytest.mark.parametrize("pre_ln", [False, True])
+@pytest.mark.parametrize("path", PATHS)
+def test_last_layer_computes_only_the_tokens_the_heads_read(path, pre_ln):
+    torch.manual_seed(0)
+    config = tiny_config(attn_implementation=path, pre_layer_norm=pre_ln)
+    model = BertForPreTraining(config).eval()
+    rows_seen = []  # tokens entering each layer's feed-forward
+    for layer in model.bert.encoder.layer:
+        layer.intermediate.dense.register_forward_hook(
+            lambda m, args, out: rows_seen.append(args[0].reshape(-1, args[0].shape[-1]).shape[0])
+        )
+    lengths = [16, 9, 4]
+    batch = make_batch(lengths, 16, 99)
+    positions, _ = masked_positions(lengths, 4)  # row 2 has 3 masked tokens and one unused slot (position 0)
+    with torch.no_grad():
+        out = model(**batch, masked_lm_positions=positions)
+        rows_seen_heads, rows_seen[:] = list(rows_seen), []
+        full = model.bert(**batch).last_hidden_state  # (B, T, H): every token through every layer
+    every_token = 48 if path != "unpadded" else sum(lengths)
+    assert rows_seen_heads == [every_token, 3 + 4 + 4 + 3]  # the last layer: 3 [CLS] + 11 masked tokens
+    assert rows_seen == [every_token, every_token]
+    with torch.no_grad():
+        picked = full[torch.arange(3).unsqueeze(1), positions]  # (B, P, H)
+        logits = model.cls.predictions(picked)
+        nsp = model.cls.seq_relationship(model.bert.pooler(full[:, 0]))
+    torch.testing.assert_close(out.prediction_logits, logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.seq_relationship_logits, nsp, atol=1e-5, rtol=0)
+    # Classification reads [CLS] only: the last layer's feed-forward sees one token a sequence.
+    classifier = BertForSequenceClassification(config).eval()
+    classifier.bert.load_state_dict(model.bert.state_dict())
+    rows_seen.clear()
+    classifier.bert.encoder.layer[-1].intermediate.dense.register_forward_hook(
+        lambda m, args, out: rows_seen.append(args[0].shape[0])
+    )
+    with torch.no_grad():
+        logits = classifier(**batch).logits
+        expected = classifier.classifier(classifier.bert(**batch).pooler_output)
+    assert rows_seen[0] == 3
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=0)
 
 
 def test_unpadded_layout_stores_sequences_longest_first_in_length_buckets():

@@ -152,8 +152,19 @@ class BertAttention(nn.Module):
         self.pre_layer_norm = config.pre_layer_norm
 
     def forward(
-        self, hidden: torch.Tensor, layout: Layout, output_attentions: bool = False
+        self,
+        hidden: torch.Tensor,
+        layout: Layout,
+        output_attentions: bool = False,
+        rows: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """hidden (B, T, H) or (N, H) -> the same shape, or (M, H) at `rows` (M,) of the flattened tokens.
+
+        With `rows`, attention still runs over every token (each kept query attends to all keys of its
+        sequence), but the output projection and residual run only at the kept rows (BertEncoder)."""
         normed = self.output.LayerNorm(hidden) if self.pre_layer_norm else hidden
         context, probs = self.self(normed, layout, output_attentions)
+        if rows is not None:
+            context = context.reshape(-1, context.shape[-1]).index_select(0, rows)  # (M, H)
+            hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, rows)  # (M, H)
         return self.output(context, hidden), probs

@@ -55,6 +55,11 @@ class PaddedLayout:
         rows = torch.arange(hidden.shape[0], device=hidden.device).unsqueeze(1)  # (B, 1)
         return hidden[rows, positions]
 
+    def rows(self, positions: torch.Tensor) -> torch.Tensor:
+        """`positions` (B, K) of the padded batch -> (B, K) rows of the hidden states flattened to (B * T, H)."""
+        offsets = torch.arange(self.batch_size, device=positions.device).unsqueeze(1) * self.seq_len
+        return positions + offsets
+
     def cls(self, hidden: torch.Tensor) -> torch.Tensor:
         return hidden[:, 0]  # (B, H)
 
@@ -94,14 +99,14 @@ class UnpaddedLayout:
 
     def gather(self, hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """(N, H) hidden states at `positions` (B, P) of the padded batch -> (B, P, H); zeros at pads."""
-        offsets = torch.arange(self.batch_size, device=positions.device).unsqueeze(1) * self.seq_len
-        return self.gather_flat(hidden, positions + offsets)
-
-    def gather_flat(self, hidden: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
-        """(N, H) hidden states at flat indices b * T + t of the padded batch, shape S -> (*S, H); 0 at pads."""
-        rows = self.flat_to_row[flat]  # (*S,)
-        picked = hidden[rows.clamp(min=0)]  # (*S, H)
+        rows = self.rows(positions)  # (B, P)
+        picked = hidden[rows.clamp(min=0)]  # (B, P, H)
         return torch.where((rows >= 0).unsqueeze(-1), picked, picked.new_zeros(()))
+
+    def rows(self, positions: torch.Tensor) -> torch.Tensor:
+        """`positions` (B, K) of the padded batch -> (B, K) rows of the (N, H) hidden states; -1 at pads."""
+        offsets = torch.arange(self.batch_size, device=positions.device).unsqueeze(1) * self.seq_len
+        return self.flat_to_row[positions + offsets]
 
     def cls(self, hidden: torch.Tensor) -> torch.Tensor:
         zeros = torch.zeros(self.batch_size, 1, dtype=torch.long, device=hidden.device)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from bert.errors import UserError
@@ -32,7 +33,7 @@ logger = logging.getLogger(__name__)
 class Encoded(NamedTuple):
     """What BertModel.encode returns."""
 
-    hidden: torch.Tensor  # (B, T, H) padded or (N, H) unpadded
+    hidden: torch.Tensor  # (B, T, H) padded or (N, H) unpadded; (B, K, H) with output_positions (B, K)
     layout: Layout
     attentions: tuple[torch.Tensor, ...] | None  # eager path with output_attentions only
     word_weight: torch.Tensor  # (V, H) word-embedding matrix for a tied decoder (an alias when tied)
@@ -135,9 +136,13 @@ class BertModel(BertPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         output_attentions: bool = False,
         tie_word_weight: bool = False,
+        output_positions: torch.Tensor | None = None,
     ) -> Encoded:
         """Hidden states in the layout of the attention path: (B, T, H) padded or (N, H) unpadded.
 
+        `output_positions` (B, K): only these positions of the padded batch are wanted, and the result is
+        (B, K, H) there (zeros at a pad position of an unpadded batch, as `UnpaddedLayout.gather`). The last
+        layer then computes its output projection and feed-forward at those tokens only (BertEncoder).
         `tie_word_weight`: also return the word-embedding matrix for a tied decoder (BertEmbeddings.forward).
         """
         b, t = input_ids.shape
@@ -153,7 +158,15 @@ class BertModel(BertPreTrainedModel):
             layout.select(position_ids),
             tie_word_weight,
         )  # (B, T, H) or (N, H)
-        hidden, attentions = self.encoder(hidden, layout, output_attentions)
+        if output_positions is None:
+            hidden, attentions = self.encoder(hidden, layout, output_attentions)
+            return Encoded(hidden, layout, attentions, word_weight)
+        slot_rows = layout.rows(output_positions)  # (B, K) rows of the flattened hidden states, -1 at pads
+        # Each token once (unused MLM slots and [CLS] are all position 0 of their row).
+        rows, inverse = torch.unique(slot_rows.clamp(min=0), return_inverse=True)  # (M,), (B, K)
+        hidden, attentions = self.encoder(hidden, layout, output_attentions, rows)  # (M, H)
+        hidden = hidden.index_select(0, inverse.reshape(-1)).view(*inverse.shape, -1)  # (B, K, H)
+        hidden = torch.where((slot_rows >= 0).unsqueeze(-1), hidden, hidden.new_zeros(()))
         return Encoded(hidden, layout, attentions, word_weight)
 
     def forward(
@@ -190,19 +203,23 @@ class BertForPreTraining(BertPreTrainedModel):
         masked_lm_positions: torch.Tensor | None = None,
     ) -> BertForPreTrainingOutput:
         """masked_lm_positions (B, P): the MLM head runs only there -> (B, P, V); without it (B, T, V)."""
-        hidden, layout, _, word_weight = self.bert.encode(
-            input_ids, token_type_ids, attention_mask, tie_word_weight=True
-        )
         if masked_lm_positions is None:
+            hidden, layout, _, word_weight = self.bert.encode(
+                input_ids, token_type_ids, attention_mask, tie_word_weight=True
+            )
             prediction_logits = self.cls.predictions(layout.to_padded(hidden), word_weight)  # (B, T, V)
+            pooled = self.bert.pooler(layout.cls(hidden))  # (B, H)
         else:
-            # Gather BEFORE the transform and the H x V matmul: the largest matmul of the step runs on P, not T.
-            # (Running it once per distinct slot, unused slots all being position 0, was slower on CPU: the
-            # copy back to (B, P, V) and its backward cost more than the rows saved.)
-            prediction_logits = self.cls.predictions(
-                layout.gather(hidden, masked_lm_positions), word_weight
-            )  # (B, P, V)
-        pooled = self.bert.pooler(layout.cls(hidden))  # (B, H)
+            # The heads read [CLS] and the masked positions only: the last layer computes just those tokens,
+            # and the MLM transform and the H x V matmul, the largest of the step, run on P rows, not T.
+            # (Running the decoder once per distinct slot, unused slots all being position 0, was slower on
+            # CPU: the copy back to (B, P, V) and its backward cost more than the rows saved.)
+            read = F.pad(masked_lm_positions, (1, 0))  # (B, 1 + P): [CLS] is position 0
+            hidden, _, _, word_weight = self.bert.encode(
+                input_ids, token_type_ids, attention_mask, tie_word_weight=True, output_positions=read
+            )  # (B, 1 + P, H)
+            prediction_logits = self.cls.predictions(hidden[:, 1:], word_weight)  # (B, P, V)
+            pooled = self.bert.pooler(hidden[:, 0])  # (B, H)
         return BertForPreTrainingOutput(
             prediction_logits=prediction_logits,
             seq_relationship_logits=self.cls.seq_relationship(pooled),  # (B, 2)
@@ -227,6 +244,9 @@ class BertForSequenceClassification(BertPreTrainedModel):
         token_type_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
     ) -> SequenceClassifierOutput:
-        hidden, layout, _, _ = self.bert.encode(input_ids, token_type_ids, attention_mask)
-        pooled = self.bert.pooler(layout.cls(hidden))  # (B, H); only [CLS] is read, never re-padded
+        cls_position = input_ids.new_zeros(input_ids.shape[0], 1)  # (B, 1)
+        hidden = self.bert.encode(
+            input_ids, token_type_ids, attention_mask, output_positions=cls_position
+        ).hidden  # (B, 1, H): only [CLS] is read, so the last layer computes only [CLS] (BertEncoder)
+        pooled = self.bert.pooler(hidden[:, 0])  # (B, H)
         return SequenceClassifierOutput(logits=self.classifier(self.dropout(pooled)))  # (B, num_labels)
