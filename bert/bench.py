@@ -95,6 +95,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     from bert.config import PretrainConfig, load_config
     from bert.errors import UserError
     from bert.losses import pretraining_loss
+    from bert.model.flops import mfu, training_flops_per_token
     from bert.model.modeling import BertForPreTraining
 
     torch.set_num_threads(getattr(args, "threads", None) or os.cpu_count() or 1)
@@ -194,10 +195,22 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         "adamw": "fused" if adamw else "default",
         "load_average": os.getloadavg(),
     }
+    # One FLOP count for both sides (our model's, bert.model.flops): the FLOP/s ratio is the speedup, and the
+    # MFU is the share of the GPU's peak spent on the matmuls a step needs. T = real tokens per sequence.
+    masked = int((batch["masked_lm_labels"] != -100).sum())
+    flops_per_token = training_flops_per_token(config, real_tokens / args.batch_size, masked / real_tokens)
+    result["flops_per_token"] = flops_per_token
     for name, values in times.items():
         wall = statistics.median(w for w, _ in values)
         cpu = statistics.median(c for _, c in values)
-        result[name] = {"median_step_s": wall, "tokens_per_s": real_tokens / wall, "median_cpu_s": cpu}
+        flops = real_tokens / wall * flops_per_token
+        result[name] = {
+            "median_step_s": wall,
+            "tokens_per_s": real_tokens / wall,
+            "median_cpu_s": cpu,
+            "model_flops_per_s": flops,
+            "mfu": mfu(flops, device, args.dtype),  # None on the CPU or an unknown GPU
+        }
     if "reference" in result:
         result["speedup"] = result["ours"]["tokens_per_s"] / result["reference"]["tokens_per_s"]
         result["cpu_time_ratio"] = result["reference"]["median_cpu_s"] / result["ours"]["median_cpu_s"]
@@ -216,13 +229,17 @@ def _print_table(result: dict[str, Any]) -> None:
         f"real tokens={result['real_tokens']} ({result['real_fraction']:.0%}) P={result['masked_slots_P']} "
         f"adamw={result['adamw']} load={result['load_average'][0]:.2f}"
     )
-    print(f"{'model':<12} {'step (median)':>14} {'real tokens/s':>14} {'CPU time/step':>14}")
+    print(
+        f"{'model':<12} {'step (median)':>14} {'real tokens/s':>14} {'CPU time/step':>14} "
+        f"{'model TFLOP/s':>14} {'MFU':>6}"
+    )
     for name in ("ours", "reference"):
         if name in result:
             r = result[name]
+            mfu = "-" if r["mfu"] is None else f"{r['mfu']:.1%}"
             print(
                 f"{name:<12} {r['median_step_s'] * 1000:>11.1f} ms {r['tokens_per_s']:>14.0f} "
-                f"{r['median_cpu_s'] * 1000:>11.1f} ms"
+                f"{r['median_cpu_s'] * 1000:>11.1f} ms {r['model_flops_per_s'] / 1e12:>14.3f} {mfu:>6}"
             )
     if "speedup" in result:
         print(f"speedup (ours / reference): {result['speedup']:.2f}x")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from bert.bench import realistic_batch
@@ -43,4 +44,9 @@ def test_bench_command_runs_both_models(tmp_path, capsys):
     assert main([*args, "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["ours"]["tokens_per_s"] > 0 and result["reference"]["tokens_per_s"] > 0
-    assert "speedup" in capsys.readouterr().out
+    # One FLOP count for both sides: their FLOP/s ratio is the speedup; no MFU on the CPU.
+    flops = [result[side]["model_flops_per_s"] for side in ("ours", "reference")]
+    assert flops[0] / flops[1] == pytest.approx(result["speedup"])
+    assert result["ours"]["mfu"] is None
+    printed = capsys.readouterr().out
+    assert "speedup" in printed and "model TFLOP/s" in printed
