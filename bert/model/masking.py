@@ -17,7 +17,8 @@ ever uses a key-padding mask (every query may look at every real key of its own 
   grouped into length buckets, so that the CPU fallback kernel attends blocks of similar lengths. Every
   Linear, LayerNorm, GELU and dropout then runs on real tokens only. Attention is variable-length on real
   tokens only (see attention.py). Position ids are the tokens' columns in the padded batch, as in Hugging Face.
-  The heads never re-pad: `gather` picks [CLS] and the masked positions straight from the (N, H) tensor.
+  The heads never re-pad: `rows` maps [CLS] and the masked positions of the padded batch to rows of the
+  (N, H) tensor (the tokens the last layer computes, see BertEncoder), and `gather` picks them from it.
 
 Rows without any real token (fully padded rows) are treated as if every token were real: their queries attend
 over the whole row, which keeps outputs finite (never NaN, in every dtype) and cannot affect other rows.

@@ -1,8 +1,10 @@
 """BertModel and its task models: BertForPreTraining (MLM + NSP) and BertForSequenceClassification.
 
 The models return logits in output dataclasses; losses live in bert/losses.py. Padding, unpadding and masks
-are decided once per forward in `bert.model.masking.build_layout`; the heads read [CLS] and the masked positions
-through the layout, so on the unpadded path nothing is ever re-padded.
+are decided once per forward in `bert.model.masking.build_layout`. The task models tell the encoder which
+tokens their heads read ([CLS] and the masked positions for pretraining, [CLS] alone for classification):
+the last layer computes only those (`BertModel.encode(output_positions=...)`), and on the unpadded path
+nothing is ever re-padded.
 """
 
 from __future__ import annotations
