@@ -171,9 +171,15 @@ def test_mlm_head_runs_only_at_masked_positions(path):
     positions, _ = masked_positions(lengths, 3)
     with torch.no_grad():
         out = model(**batch, masked_lm_positions=positions)
+        positions[1, 2] = 0  # an unused slot: position 0 pads the slots of a row with fewer masked tokens
+        padded_slots = model(**batch, masked_lm_positions=positions)
         full = model(**batch)
     assert rows_seen[0] == (2, 3, 32)  # the transform saw (B, P, H), never (B, T, H)
-    assert out.prediction_logits.shape == (2, 3, 99)
+    assert rows_seen[1] == (5, 32)  # the 5 used slots only
+    assert out.prediction_logits.shape == padded_slots.prediction_logits.shape == (2, 3, 99)
+    torch.testing.assert_close(padded_slots.prediction_logits[0], out.prediction_logits[0])
+    torch.testing.assert_close(padded_slots.prediction_logits[1, :2], out.prediction_logits[1, :2])
+    assert (padded_slots.prediction_logits[1, 2] == 0).all()
     assert full.prediction_logits.shape == (2, 16, 99)
 
 
@@ -190,7 +196,7 @@ def test_last_layer_computes_only_the_tokens_the_heads_read(path, pre_ln):
         )
     lengths = [16, 9, 4]
     batch = make_batch(lengths, 16, 99)
-    positions, _ = masked_positions(lengths, 4)  # row 2 has 3 masked tokens and one unused slot (position 0)
+    positions, used = masked_positions(lengths, 4)  # row 2: 3 masked tokens and one unused slot (position 0)
     with torch.no_grad():
         out = model(**batch, masked_lm_positions=positions)
         rows_seen_heads, rows_seen[:] = list(rows_seen), []
@@ -200,7 +206,7 @@ def test_last_layer_computes_only_the_tokens_the_heads_read(path, pre_ln):
     assert rows_seen == [every_token, every_token]
     with torch.no_grad():
         picked = full[torch.arange(3).unsqueeze(1), positions]  # (B, P, H)
-        logits = model.cls.predictions(picked)
+        logits = torch.where(used.unsqueeze(-1), model.cls.predictions(picked), 0.0)  # unused slots: 0
         nsp = model.cls.seq_relationship(model.bert.pooler(full[:, 0]))
     torch.testing.assert_close(out.prediction_logits, logits, atol=1e-5, rtol=0)
     torch.testing.assert_close(out.seq_relationship_logits, nsp, atol=1e-5, rtol=0)

@@ -62,7 +62,7 @@ def test_pretraining_logits_and_losses_match_hf(path):
     config = tiny_config(attn_implementation=path)
     model = BertForPreTraining(config).eval()
     ref = hf_twin(model)
-    lengths = [16, 11, 6]
+    lengths = [16, 11, 4]  # row 2: 3 masked tokens and a padding slot
     batch = make_batch(lengths, 16, config.vocab_size)
     positions, used = masked_positions(lengths, 4)
     labels = torch.where(used, torch.randint(0, config.vocab_size, used.shape), -100)
@@ -71,11 +71,12 @@ def test_pretraining_logits_and_losses_match_hf(path):
         ours = model(**batch, masked_lm_positions=positions)
         full = model(**batch)
         theirs = ref(**batch)
-    rows = torch.arange(3).unsqueeze(1)
+    rows = torch.arange(3).unsqueeze(1).expand_as(positions)
     assert ours.prediction_logits.shape == (3, 4, config.vocab_size)
     torch.testing.assert_close(
-        ours.prediction_logits, theirs.prediction_logits[rows, positions], atol=1e-5, rtol=0
+        ours.prediction_logits[used], theirs.prediction_logits[rows[used], positions[used]], atol=1e-5, rtol=0
     )
+    assert (~used).any() and (ours.prediction_logits[~used] == 0).all()  # padding slots are skipped
     real = batch["attention_mask"].bool()
     torch.testing.assert_close(
         full.prediction_logits[real], theirs.prediction_logits[real], atol=1e-5, rtol=0

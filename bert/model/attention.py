@@ -79,9 +79,11 @@ def varlen_attention(qkv: torch.Tensor, layout: UnpaddedLayout, dropout: nn.Drop
         return flash_attn_varlen_func(q, k, v, cu, cu, s, s, dropout_p=dropout.p if dropout.training else 0.0)
     _, _, heads, dim = qkv.shape
     outputs = []
-    for bucket in layout.buckets:
+    # One split into views (sequences are stored contiguously): its backward is one cat, where slicing each
+    # bucket would build a zero (N, 3, A, D) gradient per bucket and add them up.
+    parts = qkv.split([bucket.end - bucket.start for bucket in layout.buckets])
+    for bucket, part in zip(layout.buckets, parts):  # part: (n, 3, A, D)
         b, s = bucket.num_seqs, bucket.seq_len
-        part = qkv[bucket.start : bucket.end]  # (n, 3, A, D), a view: sequences are stored contiguously
         if bucket.repad_index is not None:  # scatter into a zero-padded (b * S) block
             part = part.new_zeros(b * s, 3, heads, dim).index_copy(0, bucket.repad_index, part)
         q, k, v = part.view(b, s, 3, heads, dim).permute(2, 0, 3, 1, 4).unbind(0)  # each (b, A, S, D)

@@ -45,6 +45,23 @@ class BertLMPredictionHead(nn.Module):
         word embeddings (BertEmbeddings.forward); by default `decoder.weight`, the same parameter."""
         return self.decoder(self.transform(hidden), word_weight)
 
+    def at_slots(
+        self, hidden: torch.Tensor, used: torch.Tensor, word_weight: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """hidden (B, P, H) at the MLM slots, used (B, P) bool -> (B, P, V) logits, 0 at unused slots.
+
+        The batch's P is its largest count of masked tokens, so shorter rows pad their slots (about a fifth
+        of them in pretraining batches of realistic lengths). The head skips those: the transform and the
+        H x V decoder run on the U used slots only, and the logits are put back in place.
+        """
+        b, p, h = hidden.shape
+        if bool(used.all()):
+            return self(hidden, word_weight)  # (B, P, V)
+        rows = used.reshape(-1).nonzero().squeeze(1)  # (U,)
+        logits = self(hidden.reshape(b * p, h).index_select(0, rows), word_weight)  # (U, V)
+        out = logits.new_zeros(b * p, logits.shape[-1]).index_copy(0, rows, logits)  # (B * P, V)
+        return out.view(b, p, -1)
+
 
 class BertPreTrainingHeads(nn.Module):
     """`predictions` (MLM) and `seq_relationship` (NSP, a linear layer on the pooled [CLS])."""

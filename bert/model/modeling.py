@@ -204,7 +204,12 @@ class BertForPreTraining(BertPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         masked_lm_positions: torch.Tensor | None = None,
     ) -> BertForPreTrainingOutput:
-        """masked_lm_positions (B, P): the MLM head runs only there -> (B, P, V); without it (B, T, V)."""
+        """masked_lm_positions (B, P): the MLM head runs only there -> (B, P, V); without it (B, T, V).
+
+        Slots at position 0 are padding: [CLS] is never masked (Google's convention, which the collator
+        follows: a row with fewer masked tokens than P fills its other slots with 0). The head skips them and
+        their logits are 0; give them the label -100 so that the loss ignores them.
+        """
         if masked_lm_positions is None:
             hidden, layout, _, word_weight = self.bert.encode(
                 input_ids, token_type_ids, attention_mask, tie_word_weight=True
@@ -213,14 +218,14 @@ class BertForPreTraining(BertPreTrainedModel):
             pooled = self.bert.pooler(layout.cls(hidden))  # (B, H)
         else:
             # The heads read [CLS] and the masked positions only: the last layer computes just those tokens,
-            # and the MLM transform and the H x V matmul, the largest of the step, run on P rows, not T.
-            # (Running the decoder once per distinct slot, unused slots all being position 0, was slower on
-            # CPU: the copy back to (B, P, V) and its backward cost more than the rows saved.)
+            # and the MLM transform and the H x V matmul, the largest of the step, run on the used slots, not
+            # on T positions.
             read = F.pad(masked_lm_positions, (1, 0))  # (B, 1 + P): [CLS] is position 0
             hidden, _, _, word_weight = self.bert.encode(
                 input_ids, token_type_ids, attention_mask, tie_word_weight=True, output_positions=read
             )  # (B, 1 + P, H)
-            prediction_logits = self.cls.predictions(hidden[:, 1:], word_weight)  # (B, P, V)
+            used = masked_lm_positions != 0  # (B, P); position 0 pads the slots
+            prediction_logits = self.cls.predictions.at_slots(hidden[:, 1:], used, word_weight)  # (B, P, V)
             pooled = self.bert.pooler(hidden[:, 0])  # (B, H)
         return BertForPreTrainingOutput(
             prediction_logits=prediction_logits,

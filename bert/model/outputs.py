@@ -20,7 +20,8 @@ class BaseModelOutput:
 @dataclass
 class BertForPreTrainingOutput:
     prediction_logits: torch.Tensor
-    """(B, P, V) MLM logits at masked_lm_positions, or (B, T, V) at every position without them."""
+    """(B, P, V) MLM logits at masked_lm_positions (0 at padding slots, position 0), or (B, T, V) at every
+    position without them."""
     seq_relationship_logits: torch.Tensor
     """(B, 2) NSP logits: 0 = B follows A, 1 = B is random."""
 
