@@ -43,7 +43,8 @@ def eager_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None, dropout: nn.Dropout
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """q, k, v (B, A, T, D) -> context (B, A, T, D) and probabilities (B, A, T, T)."""
-    scores = torch.matmul(q, k.transpose(-1, -2)) * q.shape[-1] ** -0.5  # (B, A, T, T)
+    # Scale q (B, A, T, D) rather than the scores (B, A, T, T): the smaller tensor, forward and backward.
+    scores = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2))  # (B, A, T, T)
     if key_mask is not None:
         # The minimum of the scores' own dtype, not -inf: a row that is all masked stays finite.
         scores = scores.masked_fill(~key_mask, torch.finfo(scores.dtype).min)
