@@ -224,6 +224,27 @@ def test_last_layer_computes_only_the_tokens_the_heads_read(path, pre_ln):
     torch.testing.assert_close(logits, expected, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("bucket_cost", [16000, 1])
+def test_attention_at_some_queries_equals_full_attention_at_those_rows(bucket_cost, monkeypatch):
+    import bert.model.masking as masking
+
+    monkeypatch.setattr(masking, "BUCKET_COST_PAIRS", bucket_cost)  # 1: a bucket per distinct length
+    lengths = [7, 3, 0, 7, 5, 1]  # a fully padded row (attends everywhere) and equal lengths
+    mask = make_batch(lengths, 7, 99)["attention_mask"]
+    layout = build_layout(mask, 6, 7, "unpadded", torch.device("cpu"))
+    assert len(layout.buckets) == (1 if bucket_cost == 16000 else 4)
+    torch.manual_seed(0)
+    n = layout.indices.numel()
+    qkv = torch.randn(n, 3, 2, 4)  # (N, 3, A, D)
+    off = attention.Dropout(0.0)
+    full = attention.varlen_attention(qkv, layout, off)  # (N, A, D)
+    # With a bucket per length, the buckets of lengths 5 (rows 21-25) and 1 (row 29) get no query.
+    rows = torch.tensor([0, 2, 3, 9, 10, 15, 20, 27])
+    assert 0 < rows.numel() < n
+    picked = attention.varlen_attention_at_rows(qkv[rows, 0], qkv[:, 1:], layout, rows, off)  # (M, A, D)
+    torch.testing.assert_close(picked, full[rows], atol=1e-6, rtol=0)
+
+
 def test_unpadded_layout_stores_sequences_longest_first_in_length_buckets():
     lengths = [3, 8, 0, 5, 8, 1]
     batch = make_batch(lengths, 8, 99)

@@ -72,9 +72,14 @@ def attend(
     return sdpa_attention(q, k, v, key_mask, dropout.p if dropout.training else 0.0)
 
 
+def _use_flash(x: torch.Tensor) -> bool:
+    """Whether the unpadded path runs flash-attn's varlen kernel on `x` (CUDA, half precision)."""
+    return flash_attn_varlen_func is not None and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)
+
+
 def varlen_attention(qkv: torch.Tensor, layout: UnpaddedLayout, dropout: nn.Dropout) -> torch.Tensor:
     """qkv (N, 3, A, D) of real tokens only -> context (N, A, D); sequences delimited by layout.cu_seqlens."""
-    if flash_attn_varlen_func is not None and qkv.is_cuda and qkv.dtype in (torch.float16, torch.bfloat16):
+    if _use_flash(qkv):
         q, k, v = qkv.unbind(1)  # each (N, A, D)
         cu, s = layout.cu_seqlens, layout.max_seqlen
         return flash_attn_varlen_func(q, k, v, cu, cu, s, s, dropout_p=dropout.p if dropout.training else 0.0)
@@ -96,6 +101,43 @@ def varlen_attention(qkv: torch.Tensor, layout: UnpaddedLayout, dropout: nn.Drop
     return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
 
+def varlen_attention_at_rows(
+    q: torch.Tensor, kv: torch.Tensor, layout: UnpaddedLayout, rows: torch.Tensor, dropout: nn.Dropout
+) -> torch.Tensor:
+    """Queries at some tokens only, keys and values at all: the CPU fallback of `varlen_attention` for the
+    last layer (BertEncoder), whose output is read at a few tokens.
+
+    q (M, A, D) at `rows` (M,), sorted rows of the (N, H) tensor; kv (N, 2, A, D) -> context (M, A, D). Each
+    bucket attends a (b, A, Sq, D) block of its sequences' queries, Sq = most queries of one of them, to its
+    (b, A, S, D) keys and values, with the bucket's key mask.
+    """
+    _, _, heads, dim = kv.shape
+    seq_of_query = torch.searchsorted(layout.cu_seqlens[1:].long(), rows, right=True)  # (M,) stored sequence
+    starts = torch.tensor([b.start for b in layout.buckets], device=rows.device)
+    query_starts = torch.searchsorted(rows, starts).tolist()  # first query of each bucket
+    query_starts.append(rows.numel())
+    outputs, first_seq = [], 0
+    parts = kv.split([bucket.end - bucket.start for bucket in layout.buckets])
+    for i, (bucket, part) in enumerate(zip(layout.buckets, parts)):  # part: (n, 2, A, D)
+        b, s = bucket.num_seqs, bucket.seq_len
+        q0, q1 = query_starts[i], query_starts[i + 1]
+        seq, first_seq = seq_of_query[q0:q1] - first_seq, first_seq + b  # (m,) sequence within the bucket
+        if q1 == q0:
+            continue  # no query in this bucket
+        counts = torch.bincount(seq, minlength=b)  # (b,) queries per sequence
+        sq = int(counts.max())
+        rank = torch.arange(q1 - q0, device=rows.device) - (counts.cumsum(0) - counts)[seq]  # (m,) rank among its sequence's
+        q_index = seq * sq + rank  # (m,) row in the (b * Sq) query block
+        q_block = q.new_zeros(b * sq, heads, dim).index_copy(0, q_index, q[q0:q1])
+        q_block = q_block.view(b, sq, heads, dim).transpose(1, 2)  # (b, A, Sq, D)
+        if bucket.repad_index is not None:
+            part = part.new_zeros(b * s, 2, heads, dim).index_copy(0, bucket.repad_index, part)
+        k, v = part.view(b, s, 2, heads, dim).permute(2, 0, 3, 1, 4).unbind(0)  # each (b, A, S, D)
+        out = attend(q_block, k, v, bucket.key_mask, dropout)  # (b, A, Sq, D)
+        outputs.append(out.transpose(1, 2).reshape(b * sq, heads, dim).index_select(0, q_index))  # (m, A, D)
+    return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+
+
 class BertSelfAttention(nn.Module):
     """Multi-head self-attention: query, key and value projections and a kernel chosen by the config."""
 
@@ -110,12 +152,27 @@ class BertSelfAttention(nn.Module):
         self.dropout = Dropout(config.attention_probs_dropout_prob)
 
     def forward(
-        self, hidden: torch.Tensor, layout: Layout, output_attentions: bool = False
+        self,
+        hidden: torch.Tensor,
+        layout: Layout,
+        output_attentions: bool = False,
+        rows: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """hidden (B, T, H) padded or (N, H) unpadded -> context of the same shape (and probabilities)."""
+        """hidden (B, T, H) padded or (N, H) unpadded -> context of the same shape (and probabilities).
+
+        `rows` (M,), sorted: the context is wanted at these rows of the flattened tokens only -> (M, H). The
+        unpadded CPU path then projects and attends only those queries; the others attend every query and
+        pick the rows (keys and values always cover every token)."""
         # One matmul of width 3H instead of three of width H; the parameters keep Hugging Face's names.
         weight = torch.cat((self.query.weight, self.key.weight, self.value.weight))  # (3H, H)
         bias = torch.cat((self.query.bias, self.key.bias, self.value.bias))  # (3H,)
+        if rows is not None and isinstance(layout, UnpaddedLayout) and not _use_flash(hidden):
+            h = hidden.shape[-1]
+            q = F.linear(hidden.index_select(0, rows), weight[:h], bias[:h])  # (M, H)
+            kv = F.linear(hidden, weight[h:], bias[h:]).view(-1, 2, self.num_heads, self.head_dim)
+            q = q.view(-1, self.num_heads, self.head_dim)  # (M, A, D)
+            context = varlen_attention_at_rows(q, kv, layout, rows, self.dropout)  # (M, A, D)
+            return context.reshape(-1, h), None
         qkv = F.linear(hidden, weight, bias)  # (..., 3H)
         qkv = qkv.view(*hidden.shape[:-1], 3, self.num_heads, self.head_dim)  # (..., 3, A, D)
         if isinstance(layout, PaddedLayout):
@@ -127,7 +184,10 @@ class BertSelfAttention(nn.Module):
             context = context.transpose(1, 2)  # (B, T, A, D)
         else:
             context, probs = varlen_attention(qkv, layout, self.dropout), None  # (N, A, D)
-        return context.reshape(hidden.shape), probs
+        context = context.reshape(hidden.shape)
+        if rows is not None:
+            context = context.reshape(-1, context.shape[-1]).index_select(0, rows)  # (M, H)
+        return context, probs
 
 
 class BertSelfOutput(nn.Module):
@@ -163,11 +223,11 @@ class BertAttention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """hidden (B, T, H) or (N, H) -> the same shape, or (M, H) at `rows` (M,) of the flattened tokens.
 
-        With `rows`, attention still runs over every token (each kept query attends to all keys of its
-        sequence), but the output projection and residual run only at the kept rows (BertEncoder)."""
+        With `rows` (the last layer, see BertEncoder), each kept query attends to every key of its sequence
+        as before; the output projection and residual run at the kept rows only, and so do the query
+        projection and the attention itself on the unpadded CPU path (BertSelfAttention)."""
         normed = self.output.LayerNorm(hidden) if self.pre_layer_norm else hidden
-        context, probs = self.self(normed, layout, output_attentions)
+        context, probs = self.self(normed, layout, output_attentions, rows)  # (..., H) or (M, H)
         if rows is not None:
-            context = context.reshape(-1, context.shape[-1]).index_select(0, rows)  # (M, H)
             hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, rows)  # (M, H)
         return self.output(context, hidden), probs
