@@ -14,10 +14,10 @@ def test_flops_per_token_matches_a_hand_count():
     )
     # Per layer: Q, K, V, output 4 * 4x4 = 64 weights, feed-forward 4x8 + 8x4 = 64 -> 128; two layers 256.
     assert encoder_matmul_params(config) == 256
-    # The last layer's attention output (16) and feed-forward (64) run only at the masked tokens and [CLS]:
-    # 0.5 + 1/4 of the tokens.
-    dense = 6 * (256 - (16 + 64) * (1 - 0.75))
-    attention = 2 * 3 * (2 * 4 * 4 + 2 * 4 * 4)  # layers x (fwd+bwd) x (QK^T + AV: 2 * T * H each), T = 4
+    # The last layer's query and output projections (16 + 16) and feed-forward (64) are needed only at the
+    # masked tokens and [CLS]: 0.5 + 1/4 of the tokens; so is its attention.
+    dense = 6 * (256 - (16 + 16 + 64) * (1 - 0.75))
+    attention = (1 + 0.75) * 3 * (2 * 4 * 4 + 2 * 4 * 4)  # layers x (fwd+bwd) x (QK^T + AV: 2 * T * H), T = 4
     mlm = 6 * (4 * 4 + 4 * 10) * 0.5  # transform + decoder, half the tokens masked
     pooler_nsp = 6 * (4 * 4 + 4 * 2) / 4  # once per sequence of 4 tokens
     assert training_flops_per_token(config, seq_len=4, masked_fraction=0.5) == pytest.approx(

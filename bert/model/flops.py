@@ -3,18 +3,21 @@
 Per token, one training step (forward + backward = 3 x forward, 2 FLOPs per multiply-add) costs
 
     6 * N                                   N = L * (4 H^2 + 2 H I): the encoder's matmul weights, less
-  - 6 * (H^2 + 2 H I) * (1 - r)             the last layer's attention output and feed-forward, which run
-                                            only at the r = masked_fraction + 1 / T tokens the heads read
-                                            (the masked positions and [CLS], see BertEncoder)
-  + 12 * L * H * T                          attention scores QK^T and mixing AV: 2 * 2 * T * H per layer
-                                            forward, times 3 for forward + backward
+  - 6 * (2 H^2 + 2 H I) * (1 - r)           the last layer's query and output projections and feed-forward,
+                                            needed only at the r = masked_fraction + 1 / T tokens the heads
+                                            read (the masked positions and [CLS], see BertEncoder)
+  + 12 * H * T * (L - 1 + r)                attention scores QK^T and mixing AV: 2 * 2 * T * H per query and
+                                            layer forward, times 3 for forward + backward; in the last layer
+                                            only for the r queries read
   + 6 * (H^2 + H V) * masked_fraction       MLM transform + tied decoder, run only at masked positions
   + 6 * (H^2 + 2 H) / T                     pooler + NSP, once per sequence of T tokens
 
-These are the FLOPs our BertForPreTraining does (the usual 6N rule's count of what a step must do, less the
-work it skips), so an MFU from them is the share of the peak spent on useful matmuls. Embedding lookups,
-biases, LayerNorm, softmax and GELU are not matmuls and are left out (as in the 6N rule). T is the length
-each token attends over: the padded length for a padded batch, the real length with unpadding.
+These are the FLOPs a step needs (the usual 6N rule, less the work no output depends on), so an MFU from them
+is the share of the peak spent on useful matmuls. Our unpadded CPU path does exactly this work; the GPU paths
+still compute the last layer's query projection and attention at every token, which this count does not
+credit. Embedding lookups, biases, LayerNorm, softmax and GELU are not matmuls and are left out (as in the 6N
+rule). T is the length each token attends over: the padded length for a padded batch, the real length with
+unpadding.
 """
 
 from __future__ import annotations
@@ -44,9 +47,9 @@ def training_flops_per_token(config: BertConfig, seq_len: int, masked_fraction: 
     """FLOPs of forward + backward per token of a BertForPreTraining step (formula in the module docstring)."""
     h, i, v, layers = config.hidden_size, config.intermediate_size, config.vocab_size, config.num_hidden_layers
     read = min(1.0, masked_fraction + 1 / seq_len)  # tokens the heads read, through the last layer
-    skipped = (h * h + 2 * h * i) * (1 - read) if layers else 0.0
+    skipped = (2 * h * h + 2 * h * i) * (1 - read) if layers else 0.0
     dense = 6 * (encoder_matmul_params(config) - skipped)
-    attention = 12 * layers * h * seq_len
+    attention = 12 * h * seq_len * (layers - 1 + read) if layers else 0.0
     mlm_head = 6 * (h * h + h * v) * masked_fraction
     pooler_nsp = 6 * (h * h + 2 * h) / seq_len
     return float(dense + attention + mlm_head + pooler_nsp)
