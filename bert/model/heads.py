@@ -57,10 +57,13 @@ class BertLMPredictionHead(nn.Module):
         b, p, h = hidden.shape
         if bool(used.all()):
             return self(hidden, word_weight)  # (B, P, V)
-        rows = used.reshape(-1).nonzero().squeeze(1)  # (U,)
+        flat_used = used.reshape(-1)
+        rows = flat_used.nonzero().squeeze(1)  # (U,)
         logits = self(hidden.reshape(b * p, h).index_select(0, rows), word_weight)  # (U, V)
-        out = logits.new_zeros(b * p, logits.shape[-1]).index_copy(0, rows, logits)  # (B * P, V)
-        return out.view(b, p, -1)
+        # In place into a fresh tensor: only the unused rows are zero-filled, and nothing is cloned.
+        out = logits.new_empty(b * p, logits.shape[-1])  # (B * P, V)
+        out.index_fill_(0, (~flat_used).nonzero().squeeze(1), 0.0)
+        return out.index_copy_(0, rows, logits).view(b, p, -1)
 
 
 class BertPreTrainingHeads(nn.Module):
