@@ -10,7 +10,8 @@ process is printed beside it because, on a shared machine, other jobs stretch wa
 wait on descheduled threads). Ours runs the MLM head at the masked positions only and uses `--attn`; the
 reference is `transformers.BertForPreTraining` with its default attention, computing its MLM loss on (B, T, V)
 logits with -100 labels, as its users do. Tokens/s counts REAL (non-pad) tokens for both: the same batch, so
-the ratio is the same on any basis.
+the ratio is the same on any basis. Model FLOP/s applies one count to both sides (`bert.model.flops`: the
+FLOPs a step needs), so its ratio is the speedup too; on a known GPU the MFU is that over the device's peak.
 
 The batch imitates Google's pretraining data: sentence pairs filling the sequence 90% of the time and a
 random shorter target (short_seq_prob 0.1) otherwise, each pair falling short of its target by a random
