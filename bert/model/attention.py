@@ -126,7 +126,8 @@ def varlen_attention_at_rows(
             continue  # no query in this bucket
         counts = torch.bincount(seq, minlength=b)  # (b,) queries per sequence
         sq = int(counts.max())
-        rank = torch.arange(q1 - q0, device=rows.device) - (counts.cumsum(0) - counts)[seq]  # (m,) rank among its sequence's
+        first_query = counts.cumsum(0) - counts  # (b,) index of each sequence's first query
+        rank = torch.arange(q1 - q0, device=rows.device) - first_query[seq]  # (m,) rank within its sequence
         q_index = seq * sq + rank  # (m,) row in the (b * Sq) query block
         q_block = q.new_zeros(b * sq, heads, dim).index_copy(0, q_index, q[q0:q1])
         q_block = q_block.view(b, sq, heads, dim).transpose(1, 2)  # (b, A, Sq, D)

@@ -88,10 +88,11 @@ class BertEncoder(nn.Module):
 
     `output_rows` (M,): the rows of the flattened (B * T or N, H) hidden states that the caller will read,
     e.g. [CLS] and the masked positions for the pretraining heads (about 16% of the tokens), or [CLS] alone
-    for classification. The last layer then runs its attention over every token, since keys and values need
-    them all, but its attention output projection, feed-forward block and LayerNorms only at those rows, and
-    the encoder returns (M, H). Each row is computed exactly as without `output_rows`: nothing after the last
-    attention mixes tokens. For BERT-mini (4 layers) that is about 15% of the encoder's matmul work.
+    for classification. The last layer still computes keys and values at every token, since every kept query
+    attends to all of its sequence, but its attention output projection, feed-forward block and LayerNorms
+    only at those rows (and on the unpadded CPU path its query projection and attention too), and the encoder
+    returns (M, H). Each kept row is computed exactly as without `output_rows`. For BERT-mini (4 layers,
+    batches 16% of whose tokens are read) that is about 18% of the encoder's matmul work.
     """
 
     def __init__(self, config: BertConfig) -> None:
