@@ -31,7 +31,7 @@ from torch import nn
 
 from bert.model.config import BertConfig
 from bert.model.dropout import Dropout
-from bert.model.masking import Layout, PaddedLayout, UnpaddedLayout
+from bert.model.masking import Layout, LengthBucket, PaddedLayout, UnpaddedLayout
 
 try:  # optional CUDA kernel for the unpadded path
     from flash_attn import flash_attn_varlen_func
@@ -83,18 +83,12 @@ def varlen_attention(qkv: torch.Tensor, layout: UnpaddedLayout, dropout: nn.Drop
         q, k, v = qkv.unbind(1)  # each (N, A, D)
         cu, s = layout.cu_seqlens, layout.max_seqlen
         return flash_attn_varlen_func(q, k, v, cu, cu, s, s, dropout_p=dropout.p if dropout.training else 0.0)
-    _, _, heads, dim = qkv.shape
+    heads, dim = qkv.shape[2:]
     outputs = []
-    # One split into views (sequences are stored contiguously): its backward is one cat, where slicing each
-    # bucket would build a zero (N, 3, A, D) gradient per bucket and add them up.
-    parts = qkv.split([bucket.end - bucket.start for bucket in layout.buckets])
-    for bucket, part in zip(layout.buckets, parts):  # part: (n, 3, A, D)
-        b, s = bucket.num_seqs, bucket.seq_len
-        if bucket.repad_index is not None:  # scatter into a zero-padded (b * S) block
-            part = part.new_zeros(b * s, 3, heads, dim).index_copy(0, bucket.repad_index, part)
-        q, k, v = part.view(b, s, 3, heads, dim).permute(2, 0, 3, 1, 4).unbind(0)  # each (b, A, S, D)
+    for bucket, part in zip(layout.buckets, _bucket_parts(qkv, layout)):
+        q, k, v = _bucket_block(part, bucket)  # each (b, A, S, D)
         out = attend(q, k, v, bucket.key_mask, dropout)  # (b, A, S, D)
-        out = out.transpose(1, 2).reshape(b * s, heads, dim)  # (b * S, A, D)
+        out = out.transpose(1, 2).reshape(bucket.num_seqs * bucket.seq_len, heads, dim)  # (b * S, A, D)
         if bucket.repad_index is not None:
             out = out.index_select(0, bucket.repad_index)  # (n, A, D)
         outputs.append(out)
@@ -111,15 +105,14 @@ def varlen_attention_at_rows(
     bucket attends a (b, A, Sq, D) block of its sequences' queries, Sq = most queries of one of them, to its
     (b, A, S, D) keys and values, with the bucket's key mask.
     """
-    _, _, heads, dim = kv.shape
+    heads, dim = kv.shape[2:]
     seq_of_query = torch.searchsorted(layout.cu_seqlens[1:].long(), rows, right=True)  # (M,) stored sequence
     starts = torch.tensor([b.start for b in layout.buckets], device=rows.device)
     query_starts = torch.searchsorted(rows, starts).tolist()  # first query of each bucket
     query_starts.append(rows.numel())
     outputs, first_seq = [], 0
-    parts = kv.split([bucket.end - bucket.start for bucket in layout.buckets])
-    for i, (bucket, part) in enumerate(zip(layout.buckets, parts)):  # part: (n, 2, A, D)
-        b, s = bucket.num_seqs, bucket.seq_len
+    for i, (bucket, part) in enumerate(zip(layout.buckets, _bucket_parts(kv, layout))):
+        b = bucket.num_seqs
         q0, q1 = query_starts[i], query_starts[i + 1]
         seq, first_seq = seq_of_query[q0:q1] - first_seq, first_seq + b  # (m,) sequence within the bucket
         if q1 == q0:
@@ -131,12 +124,27 @@ def varlen_attention_at_rows(
         q_index = seq * sq + rank  # (m,) row in the (b * Sq) query block
         q_block = q.new_zeros(b * sq, heads, dim).index_copy(0, q_index, q[q0:q1])
         q_block = q_block.view(b, sq, heads, dim).transpose(1, 2)  # (b, A, Sq, D)
-        if bucket.repad_index is not None:
-            part = part.new_zeros(b * s, 2, heads, dim).index_copy(0, bucket.repad_index, part)
-        k, v = part.view(b, s, 2, heads, dim).permute(2, 0, 3, 1, 4).unbind(0)  # each (b, A, S, D)
+        k, v = _bucket_block(part, bucket)  # each (b, A, S, D)
         out = attend(q_block, k, v, bucket.key_mask, dropout)  # (b, A, Sq, D)
         outputs.append(out.transpose(1, 2).reshape(b * sq, heads, dim).index_select(0, q_index))  # (m, A, D)
     return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+
+
+def _bucket_parts(x: torch.Tensor, layout: UnpaddedLayout) -> tuple[torch.Tensor, ...]:
+    """(N, ...) -> one view per length bucket (sequences are stored contiguously).
+
+    One split: its backward is one cat, where slicing each bucket would build a zero (N, ...) gradient per
+    bucket and add them up."""
+    return x.split([bucket.end - bucket.start for bucket in layout.buckets])
+
+
+def _bucket_block(part: torch.Tensor, bucket: LengthBucket) -> tuple[torch.Tensor, ...]:
+    """A bucket's rows (n, C, A, D) -> C tensors (b, A, S, D), zero-padded to the bucket's longest sequence."""
+    b, s = bucket.num_seqs, bucket.seq_len
+    channels, heads, dim = part.shape[1:]
+    if bucket.repad_index is not None:  # scatter into a zero-padded (b * S) block
+        part = part.new_zeros(b * s, channels, heads, dim).index_copy(0, bucket.repad_index, part)
+    return part.view(b, s, channels, heads, dim).permute(2, 0, 3, 1, 4).unbind(0)
 
 
 class BertSelfAttention(nn.Module):
@@ -164,16 +172,17 @@ class BertSelfAttention(nn.Module):
         `rows` (M,), sorted: the context is wanted at these rows of the flattened tokens only -> (M, H). The
         unpadded CPU path then projects and attends only those queries; the others attend every query and
         pick the rows (keys and values always cover every token)."""
+        heads, dim = self.num_heads, self.head_dim
+        if rows is not None and isinstance(layout, UnpaddedLayout) and not _use_flash(hidden):
+            q = self.query(hidden.index_select(0, rows)).view(-1, heads, dim)  # (M, A, D)
+            weight = torch.cat((self.key.weight, self.value.weight))  # (2H, H)
+            bias = torch.cat((self.key.bias, self.value.bias))  # (2H,)
+            kv = F.linear(hidden, weight, bias).view(-1, 2, heads, dim)  # (N, 2, A, D)
+            context = varlen_attention_at_rows(q, kv, layout, rows, self.dropout)  # (M, A, D)
+            return context.reshape(-1, hidden.shape[-1]), None
         # One matmul of width 3H instead of three of width H; the parameters keep Hugging Face's names.
         weight = torch.cat((self.query.weight, self.key.weight, self.value.weight))  # (3H, H)
         bias = torch.cat((self.query.bias, self.key.bias, self.value.bias))  # (3H,)
-        if rows is not None and isinstance(layout, UnpaddedLayout) and not _use_flash(hidden):
-            h = hidden.shape[-1]
-            q = F.linear(hidden.index_select(0, rows), weight[:h], bias[:h])  # (M, H)
-            kv = F.linear(hidden, weight[h:], bias[h:]).view(-1, 2, self.num_heads, self.head_dim)
-            q = q.view(-1, self.num_heads, self.head_dim)  # (M, A, D)
-            context = varlen_attention_at_rows(q, kv, layout, rows, self.dropout)  # (M, A, D)
-            return context.reshape(-1, h), None
         qkv = F.linear(hidden, weight, bias)  # (..., 3H)
         qkv = qkv.view(*hidden.shape[:-1], 3, self.num_heads, self.head_dim)  # (..., 3, A, D)
         if isinstance(layout, PaddedLayout):

@@ -39,6 +39,12 @@ def key_padding_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return keep | ~keep.any(dim=1, keepdim=True)
 
 
+def flat_index(positions: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """(B, K) positions in each row -> (B, K) indices b * T + t into the batch flattened to (B * T,)."""
+    offsets = torch.arange(positions.shape[0], device=positions.device).unsqueeze(1) * seq_len
+    return positions + offsets
+
+
 @dataclass
 class PaddedLayout:
     """Hidden states stay (B, T, H); `key_mask` is (B, 1, 1, T) bool or None when nothing is padded."""
@@ -58,8 +64,7 @@ class PaddedLayout:
 
     def rows(self, positions: torch.Tensor) -> torch.Tensor:
         """`positions` (B, K) of the padded batch -> (B, K) rows of the hidden states flattened to (B * T, H)."""
-        offsets = torch.arange(self.batch_size, device=positions.device).unsqueeze(1) * self.seq_len
-        return positions + offsets
+        return flat_index(positions, self.seq_len)
 
     def cls(self, hidden: torch.Tensor) -> torch.Tensor:
         return hidden[:, 0]  # (B, H)
@@ -106,8 +111,7 @@ class UnpaddedLayout:
 
     def rows(self, positions: torch.Tensor) -> torch.Tensor:
         """`positions` (B, K) of the padded batch -> (B, K) rows of the (N, H) hidden states; -1 at pads."""
-        offsets = torch.arange(self.batch_size, device=positions.device).unsqueeze(1) * self.seq_len
-        return self.flat_to_row[positions + offsets]
+        return self.flat_to_row[flat_index(positions, self.seq_len)]
 
     def cls(self, hidden: torch.Tensor) -> torch.Tensor:
         zeros = torch.zeros(self.batch_size, 1, dtype=torch.long, device=hidden.device)

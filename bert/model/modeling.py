@@ -144,7 +144,8 @@ class BertModel(BertPreTrainedModel):
 
         `output_positions` (B, K): only these positions of the padded batch are wanted, and the result is
         (B, K, H) there (zeros at a pad position of an unpadded batch, as `UnpaddedLayout.gather`). The last
-        layer then computes its output projection and feed-forward at those tokens only (BertEncoder).
+        layer then computes its output projection and feed-forward (on the unpadded CPU path also its queries
+        and attention) at those tokens only (BertEncoder).
         `tie_word_weight`: also return the word-embedding matrix for a tied decoder (BertEmbeddings.forward).
         """
         b, t = input_ids.shape
