@@ -25,6 +25,7 @@ import argparse
 import json
 import math
 import os
+import platform
 import statistics
 import time
 from contextlib import nullcontext
@@ -91,48 +92,54 @@ def hf_mlm_labels(
     return labels
 
 
+SIDES = ("ours", "plain", "compiled", "reference")
+"""What `--sides` can time: ours with the fast paths `--fast-paths` selects, ours with none (the reference
+path of bert/model), ours compiled (`torch.compile`, no fast paths), and transformers."""
+
+
 def run_bench(args: argparse.Namespace) -> dict[str, Any]:
-    """Time both models as described in the module docstring; print a table (and write JSON with --json)."""
+    """Time the sides as described in the module docstring; print a table (and write JSON with --json)."""
+    from bert.batch import PretrainingBatch
     from bert.config import PretrainConfig, load_config
     from bert.errors import UserError
     from bert.losses import pretraining_loss
+    from bert.model import fast
     from bert.model.flops import mfu, training_flops_per_token
     from bert.model.modeling import BertForPreTraining
 
     torch.set_num_threads(getattr(args, "threads", None) or os.cpu_count() or 1)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    sides = _sides(args)
     config = load_config(PretrainConfig, None, [f"model={args.model}"]).model
     config.attn_implementation = args.attn
-    torch.manual_seed(args.seed)
-    ours = BertForPreTraining(config).to(device).train()
     generator = torch.Generator().manual_seed(args.seed)
-    batch = realistic_batch(args.batch_size, args.seq_len, config.vocab_size, generator)
-    batch = {k: v.to(device) for k, v in batch.items()}
-    real_tokens = int(batch["attention_mask"].sum())
+    batch = PretrainingBatch(**realistic_batch(args.batch_size, args.seq_len, config.vocab_size, generator))
+    batch = batch.to(device)
+    real_tokens = batch.num_real_tokens()
     autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    # The same optimizer for all: the fused AdamW (what training uses), or torch's default implementation.
+    adamw = {"fused": True} if getattr(args, "adamw", "fused") == "fused" else {}
 
     def autocast():
         if autocast_dtype is None:
             return nullcontext()
         return torch.autocast(device.type, dtype=autocast_dtype)
 
-    def our_step(optimizer: torch.optim.Optimizer) -> None:
-        with autocast():
-            outputs = ours(
-                batch["input_ids"],
-                batch["token_type_ids"],
-                batch["attention_mask"],
-                masked_lm_positions=batch["masked_lm_positions"],
-            )
-            loss = pretraining_loss(outputs, batch)["loss"]
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    # The same optimizer for both: the fused AdamW (what training uses), or torch's default implementation.
-    adamw = {"fused": True} if getattr(args, "adamw", "fused") == "fused" else {}
-    steps = {"ours": (our_step, torch.optim.AdamW(ours.parameters(), lr=1e-4, **adamw))}
-    if not args.no_reference:
+    torch.manual_seed(args.seed)
+    initial = BertForPreTraining(config).state_dict()
+    fast_paths = fast.select(device, getattr(args, "fast_paths", "auto"))
+    steps: dict[str, tuple[Any, torch.optim.Optimizer]] = {}
+    for side in sides:
+        if side == "reference":
+            continue
+        model = BertForPreTraining(config)
+        model.load_state_dict(initial)
+        paths = fast_paths if side == "ours" else fast.FastPaths.none()
+        model = fast.enable(model.to(device).train(), paths)
+        if side == "compiled":
+            model.compile()
+        steps[side] = (_our_step(model, batch, autocast, paths.cross_entropy(), pretraining_loss), model)
+    if "reference" in sides:
         try:
             import transformers
         except ImportError:
@@ -143,84 +150,125 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         hf_config = transformers.BertConfig(
             **{k: v for k, v in config.to_dict().items() if k not in hf_fields}
         )
-        ref = transformers.BertForPreTraining(hf_config).to(device).train()
-        ref.load_state_dict(ours.state_dict())
-        hf_labels = hf_mlm_labels(batch["input_ids"], batch["masked_lm_positions"], batch["masked_lm_labels"])
+        ref = transformers.BertForPreTraining(hf_config)
+        ref.load_state_dict(initial)
+        ref = ref.to(device).train()
+        hf_labels = hf_mlm_labels(batch.input_ids, batch.masked_lm_positions, batch.masked_lm_labels)
 
-        def ref_step(optimizer: torch.optim.Optimizer) -> None:
+        def ref_step() -> torch.Tensor:
             with autocast():
-                loss = ref(
-                    input_ids=batch["input_ids"],
-                    token_type_ids=batch["token_type_ids"],
-                    attention_mask=batch["attention_mask"],
+                return ref(
+                    input_ids=batch.input_ids,
+                    token_type_ids=batch.token_type_ids,
+                    attention_mask=batch.attention_mask,
                     labels=hf_labels,
-                    next_sentence_label=batch["next_sentence_label"],
+                    next_sentence_label=batch.next_sentence_label,
                 ).loss
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
 
-        steps["reference"] = (ref_step, torch.optim.AdamW(ref.parameters(), lr=1e-4, **adamw))
+        steps["reference"] = (ref_step, ref)
+    optimizers = {
+        side: torch.optim.AdamW(model.parameters(), lr=1e-4, **adamw) for side, (_, model) in steps.items()
+    }
 
-    def timed(name: str) -> tuple[float, float]:
-        """(wall seconds, CPU seconds of this process) of one step."""
-        step, optimizer = steps[name]
+    def timed(side: str) -> tuple[float, float]:
+        """(wall seconds, CPU seconds of this process) of one step: forward, loss, backward, AdamW."""
+        loss_of, _ = steps[side]
+        optimizer = optimizers[side]
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start, cpu_start = time.perf_counter(), time.process_time()
-        step(optimizer)
+        loss_of().backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return time.perf_counter() - start, time.process_time() - cpu_start
 
+    warmup_seconds: dict[str, float] = {side: 0.0 for side in steps}
     for _ in range(args.warmup):
-        for name in steps:
-            timed(name)
-    times: dict[str, list[tuple[float, float]]] = {name: [] for name in steps}
+        for side in steps:
+            warmup_seconds[side] += timed(side)[0]
+    times: dict[str, list[tuple[float, float]]] = {side: [] for side in steps}
     for _ in range(args.steps):
-        for name in steps:  # interleaved, so that load changes hit both alike
-            times[name].append(timed(name))
+        for side in steps:  # interleaved, so that load changes hit every side alike
+            times[side].append(timed(side))
 
     result: dict[str, Any] = {
         "model": args.model,
         "attn": args.attn,
         "dtype": args.dtype,
         "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+        "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "batch_size": args.batch_size,
-        "seq_len": int(batch["input_ids"].shape[1]),
+        "seq_len": int(batch.input_ids.shape[1]),
         "real_tokens": real_tokens,
-        "real_fraction": real_tokens / batch["input_ids"].numel(),
-        "masked_slots_P": int(batch["masked_lm_positions"].shape[1]),
+        "real_fraction": real_tokens / batch.input_ids.numel(),
+        "masked_slots_P": int(batch.masked_lm_positions.shape[1]),
         "steps": args.steps,
         "adamw": "fused" if adamw else "default",
+        "fast_paths": fast_paths.names(),
+        "sides": list(steps),
         "load_average": os.getloadavg(),
     }
-    # One FLOP count for both sides (our model's, bert.model.flops): the FLOP/s ratio is the speedup, and the
+    # One FLOP count for every side (our model's, bert.model.flops): FLOP/s ratios are the speedups, and the
     # MFU is the share of the GPU's peak spent on the matmuls a step needs. T = real tokens per sequence.
-    masked = int((batch["masked_lm_labels"] != -100).sum())
+    masked = batch.num_masked()
     flops_per_token = training_flops_per_token(config, real_tokens / args.batch_size, masked / real_tokens)
     result["flops_per_token"] = flops_per_token
-    for name, values in times.items():
+    for side, values in times.items():
         wall = statistics.median(w for w, _ in values)
         cpu = statistics.median(c for _, c in values)
         flops = real_tokens / wall * flops_per_token
-        result[name] = {
+        result[side] = {
             "median_step_s": wall,
             "tokens_per_s": real_tokens / wall,
             "median_cpu_s": cpu,
+            "warmup_s": warmup_seconds[side],
             "model_flops_per_s": flops,
             "mfu": mfu(flops, device, args.dtype),  # None on the CPU or an unknown GPU
         }
+        if device.type == "cuda":
+            result[side]["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
     if "reference" in result:
-        result["speedup"] = result["ours"]["tokens_per_s"] / result["reference"]["tokens_per_s"]
-        result["cpu_time_ratio"] = result["reference"]["median_cpu_s"] / result["ours"]["median_cpu_s"]
+        for side in steps:
+            if side != "reference":
+                result[side]["speedup"] = result[side]["tokens_per_s"] / result["reference"]["tokens_per_s"]
+                result[side]["cpu_time_ratio"] = (
+                    result["reference"]["median_cpu_s"] / result[side]["median_cpu_s"]
+                )
+        if "ours" in result:
+            result["speedup"] = result["ours"]["speedup"]
+            result["cpu_time_ratio"] = result["ours"]["cpu_time_ratio"]
     _print_table(result)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
         print(f"wrote {args.json}")
     return result
+
+
+def _sides(args: argparse.Namespace) -> list[str]:
+    from bert.errors import UserError
+
+    if getattr(args, "sides", None):
+        sides = [s.strip() for s in args.sides.split(",") if s.strip()]
+    else:
+        sides = ["ours"] if getattr(args, "no_reference", False) else ["ours", "reference"]
+    unknown = [s for s in sides if s not in SIDES]
+    if unknown or not sides:
+        raise UserError(f"--sides {','.join(sides)}: expected a comma-separated list of {', '.join(SIDES)}")
+    return list(dict.fromkeys(sides))
+
+
+def _our_step(model: Any, batch: Any, autocast: Any, cross_entropy: Any, loss_fn: Any) -> Any:
+    def step() -> torch.Tensor:
+        with autocast():
+            outputs = model(**batch.model_inputs())
+            return loss_fn(outputs, batch, cross_entropy=cross_entropy).loss
+
+    return step
 
 
 def _print_table(result: dict[str, Any]) -> None:
@@ -230,19 +278,22 @@ def _print_table(result: dict[str, Any]) -> None:
         f"real tokens={result['real_tokens']} ({result['real_fraction']:.0%}) P={result['masked_slots_P']} "
         f"adamw={result['adamw']} load={result['load_average'][0]:.2f}"
     )
+    print(f"fast paths of 'ours': {', '.join(result['fast_paths']) or 'none'}")
     print(
-        f"{'model':<12} {'step (median)':>14} {'real tokens/s':>14} {'CPU time/step':>14} "
-        f"{'model TFLOP/s':>14} {'MFU':>6}"
+        f"{'side':<12} {'step (median)':>14} {'real tokens/s':>14} {'CPU time/step':>14} "
+        f"{'model TFLOP/s':>14} {'MFU':>6} {'vs reference':>13}"
     )
-    for name in ("ours", "reference"):
-        if name in result:
-            r = result[name]
-            mfu = "-" if r["mfu"] is None else f"{r['mfu']:.1%}"
-            print(
-                f"{name:<12} {r['median_step_s'] * 1000:>11.1f} ms {r['tokens_per_s']:>14.0f} "
-                f"{r['median_cpu_s'] * 1000:>11.1f} ms {r['model_flops_per_s'] / 1e12:>14.3f} {mfu:>6}"
-            )
+    for name in result["sides"]:
+        r = result[name]
+        mfu = "-" if r["mfu"] is None else f"{r['mfu']:.1%}"
+        ratio = f"{r['speedup']:.2f}x" if "speedup" in r else "-"
+        print(
+            f"{name:<12} {r['median_step_s'] * 1000:>11.1f} ms {r['tokens_per_s']:>14.0f} "
+            f"{r['median_cpu_s'] * 1000:>11.1f} ms {r['model_flops_per_s'] / 1e12:>14.3f} {mfu:>6} {ratio:>13}"
+        )
     if "speedup" in result:
         print(f"speedup (ours / reference): {result['speedup']:.2f}x")
         # CPU seconds of this process: less sensitive to other jobs on a shared machine than wall time.
         print(f"CPU-time ratio (reference / ours): {result['cpu_time_ratio']:.2f}x")
+    if "compiled" in result:
+        print(f"compile + warm-up of 'compiled': {result['compiled']['warmup_s']:.1f} s")

@@ -1,43 +1,62 @@
-"""Crash-safe training checkpoints: step folders, a completion marker, keep-last pruning, and export.
+"""Training checkpoints that cannot run code or hide damage: the layout, the checkpointer, and export.
 
 Layout of a run folder (`train.output_dir`):
 
-    checkpoints/step_0000400/          one folder per saved step, written by bert.pretrain.save
-        model.safetensors              model weights (Accelerate's `save_state`; FSDP writes its own files)
-        optimizer.bin                  optimizer state
-        custom_checkpoint_0.pkl        the LR schedule (registered with Accelerate as a custom object)
-        scaler.pt                      fp16 grad scaler (only with mixed_precision=fp16)
-        random_states_<rank>.pkl       Python, NumPy, torch (and CUDA) RNG states of every process
+    checkpoints/step_0000400/          one folder per saved step
+        model.safetensors              model weights (tied weights written once, as in export)
+        optimizer.safetensors          the optimizer's tensors (Adam moments, step counts)
+        optimizer.json                 the rest of its state dict (param groups, the layout of the tensors)
+        scaler.json                    fp16 grad scaler (only with mixed_precision=fp16)
+        rng_<rank>.safetensors         Python, NumPy, torch (and CUDA) RNG states of every process
         tokenizer/                     the run's tokenizer, so the folder exports on its own
         meta.json                      readable: step, data position, counters, tracker run id, last eval, config
-        COMPLETE                       written LAST: a manifest {file: size}; without it the folder is ignored
-    checkpoints/.tmp-step_0000400/     where a checkpoint is written before the atomic rename
+        COMPLETE                       written LAST: every file's size and sha256
     export/                            the final model in Hugging Face format with its tokenizer
 
-A checkpoint is chosen for resuming only if COMPLETE exists and every file it lists has its recorded size,
-so a folder cut short by a crash (no marker, or a truncated file) is skipped in favour of the previous one.
-Old checkpoints are deleted only after the new one is complete (we do not use Accelerate's total_limit, which
-deletes before saving).
+Nothing is pickled: tensors are safetensors, everything else JSON, so loading a checkpoint someone sent you
+runs no code. The learning rate is a function of the step (bert.optim.Schedule), so no scheduler object is
+stored at all.
+
+Choosing a checkpoint to resume from: the newest folder whose COMPLETE marker lists files that all exist
+with their sizes (cheap); then every file's sha256 is checked and every state loaded. Any mismatch or
+unreadable file is one warning naming the file, and the previous checkpoint is tried; with none left, one
+error line. Folders are written under a temp name and renamed into place after the marker (bert.fs), and
+deleted by renaming first, so a crash never leaves a half folder that looks whole; stale temp folders of
+dead runs are removed at the next start.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
+import random
 import re
 import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+
+from bert import fs
 from bert.errors import UserError
 
 CHECKPOINTS = "checkpoints"
 """Sub-folder of the run folder holding the step folders."""
 MARKER = "COMPLETE"
-"""File written last in a step folder; holds the manifest of file sizes."""
+"""File written last in a step folder: the manifest of sizes and hashes."""
 META = "meta.json"
-"""Readable metadata of a checkpoint."""
+MODEL = "model.safetensors"
+OPTIMIZER_TENSORS = "optimizer.safetensors"
+OPTIMIZER_STATE = "optimizer.json"
+SCALER = "scaler.json"
+META_KEYS = ("step", "data", "counters", "run_id", "config")
+"""What meta.json must hold for a resume."""
 _STEP_RE = re.compile(r"^step_(\d+)$")
+
+
+class CheckpointError(Exception):
+    """A checkpoint file that is missing, damaged or unreadable; the message names it."""
 
 
 def step_folder(run_dir: str | Path, step: int) -> Path:
@@ -45,38 +64,196 @@ def step_folder(run_dir: str | Path, step: int) -> Path:
     return Path(run_dir) / CHECKPOINTS / f"step_{step:07d}"
 
 
-def temp_folder(run_dir: str | Path, step: int) -> Path:
-    """Where the checkpoint of `step` is written before it is renamed into place."""
-    return Path(run_dir) / CHECKPOINTS / f".tmp-step_{step:07d}"
+def rng_file(rank: int) -> str:
+    return f"rng_{rank}.safetensors"
 
 
-def _manifest(folder: Path) -> dict[str, int]:
-    return {
-        str(p.relative_to(folder)): p.stat().st_size
-        for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.name != MARKER
+# ------------------------------------------------------------------------------- state <-> files, no pickle
+
+
+def _split_tensors(value: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """A nested state (dicts, lists, tuples, numbers, tensors) -> JSON with {"tensor": key} placeholders."""
+    if isinstance(value, torch.Tensor):
+        key = prefix.strip(".") or "value"
+        tensors[key] = value.detach().cpu().contiguous()
+        return {"tensor": key}
+    if isinstance(value, dict):
+        return {"dict": [[k, _split_tensors(v, f"{prefix}{k}.", tensors)] for k, v in value.items()]}
+    if isinstance(value, (list, tuple)):
+        items = [_split_tensors(v, f"{prefix}{i}.", tensors) for i, v in enumerate(value)]
+        return {"tuple" if isinstance(value, tuple) else "list": items}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"cannot store a {type(value).__name__} in a checkpoint without pickle")
+
+
+def _join_tensors(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(value, dict):
+        if "tensor" in value:
+            return tensors[value["tensor"]]
+        if "dict" in value:
+            # keys were ints (optimizer state ids) or strings; JSON keeps them in a list of pairs
+            return {k: _join_tensors(v, tensors) for k, v in value["dict"]}
+        if "list" in value:
+            return [_join_tensors(v, tensors) for v in value["list"]]
+        if "tuple" in value:
+            return tuple(_join_tensors(v, tensors) for v in value["tuple"])
+    return value
+
+
+def save_state_tree(state: Any, tensors_path: Path | None, json_path: Path) -> None:
+    """Write a nested state: its tensors to `tensors_path` (safetensors), the rest to `json_path`."""
+    from safetensors.torch import save_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = _split_tensors(state, "", tensors)
+    if tensors:
+        if tensors_path is None:
+            raise TypeError(f"{json_path.name}: the state holds tensors but has no tensor file")
+        save_file(tensors, str(tensors_path))
+    json_path.write_text(json.dumps(skeleton) + "\n")
+
+
+def load_state_tree(tensors_path: Path | None, json_path: Path) -> Any:
+    """Read what `save_state_tree` wrote (tensors on the CPU)."""
+    from safetensors.torch import load_file
+
+    skeleton = _read_json(json_path)
+    tensors = {}
+    if tensors_path is not None and tensors_path.exists():
+        try:
+            tensors = load_file(str(tensors_path))
+        except Exception as err:  # safetensors raises its own error types
+            raise CheckpointError(f"{tensors_path.name}: unreadable ({err})") from None
+    try:
+        return _join_tensors(skeleton, tensors)
+    except (KeyError, TypeError, ValueError) as err:
+        where = getattr(tensors_path, "name", "")
+        raise CheckpointError(f"{json_path.name}: does not match {where} ({err})") from None
+
+
+def save_rng(path: Path) -> None:
+    """This process's Python, NumPy, torch and CUDA RNG states as safetensors (numbers in the metadata)."""
+    from safetensors.torch import save_file
+
+    version, python_state, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    tensors = {
+        "python": torch.tensor(python_state, dtype=torch.int64),
+        "numpy": torch.from_numpy(keys.astype(np.int64)),
+        "torch": torch.get_rng_state(),
     }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"cuda_{i}"] = state
+    # One metadata key: safetensors writes several in no fixed order, and the file must be byte-identical
+    # for identical states.
+    numbers = {"python": [version, gauss], "numpy": [kind, pos, has_gauss, cached]}
+    save_file(tensors, str(path), metadata={"numbers": json.dumps(numbers)})
+
+
+def load_rng(path: Path) -> None:
+    """Restore what `save_rng` wrote; a missing or damaged file is a CheckpointError, never skipped."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
+        numbers = json.loads(metadata["numbers"])
+        version, gauss = numbers["python"]
+        kind, pos, has_gauss, cached = numbers["numpy"]
+        python_state = (version, tuple(int(x) for x in tensors["python"].tolist()), gauss)
+        numpy_state = (kind, tensors["numpy"].numpy().astype(np.uint32), pos, has_gauss, cached)
+        cuda = [tensors[f"cuda_{i}"] for i in range(len(tensors)) if f"cuda_{i}" in tensors]
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+        torch.set_rng_state(tensors["torch"])
+        if cuda and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(cuda)
+    except Exception as err:  # safetensors' own errors, a missing key, a wrong shape: all the same to us
+        raise CheckpointError(f"{path.name}: the RNG states cannot be restored ({err})") from None
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{path.name}: unreadable ({err})") from None
+
+
+# ------------------------------------------------------------------------------------------- the marker
+
+
+def file_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_marker(folder: Path) -> None:
+    """The manifest of every file (size and sha256), written last and fsynced."""
+    manifest = {
+        str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": file_hash(p)}
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != MARKER and not p.name.startswith(".")
+    }
+    fs.atomic_write_text(folder / MARKER, json.dumps(manifest, indent=1) + "\n")
+
+
+def _manifest(folder: Path) -> dict[str, dict[str, Any]] | None:
+    try:
+        manifest = json.loads((folder / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or META not in manifest:
+        return None
+    if not all(isinstance(v, dict) and "size" in v and "sha256" in v for v in manifest.values()):
+        return None
+    return manifest
 
 
 def is_complete(folder: str | Path) -> bool:
-    """True if `folder` has its marker and every file the marker lists exists with its recorded size."""
+    """The marker is there and every file it lists exists with its recorded size (no hashing)."""
     folder = Path(folder)
-    try:
-        manifest = json.loads((folder / MARKER).read_text())
-        json.loads((folder / META).read_text())
-    except (OSError, ValueError):
+    manifest = _manifest(folder)
+    if manifest is None:
         return False
-    if not isinstance(manifest, dict) or META not in manifest:
-        return False
-    for name, size in manifest.items():
+    for name, entry in manifest.items():
         path = folder / name
-        if not path.is_file() or path.stat().st_size != size:
+        if not path.is_file() or path.stat().st_size != entry["size"]:
             return False
     return True
 
 
+def verify(folder: str | Path) -> str | None:
+    """None if every file matches its hash and meta.json has what a resume needs; else the first problem."""
+    folder = Path(folder)
+    manifest = _manifest(folder)
+    if manifest is None:
+        return f"{MARKER}: missing or unreadable"
+    for name, entry in manifest.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name}: missing"
+        if path.stat().st_size != entry["size"]:
+            return f"{name}: size {path.stat().st_size}, expected {entry['size']}"
+        if file_hash(path) != entry["sha256"]:
+            return f"{name}: content differs from its hash (damaged)"
+    try:
+        meta = _read_json(folder / META)
+    except CheckpointError as err:
+        return str(err)
+    missing = [key for key in META_KEYS if key not in meta]
+    if missing:
+        return f"{META}: no {', '.join(missing)}"
+    return None
+
+
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Complete checkpoints of a run, oldest first."""
+    """Complete checkpoints of a run (by the cheap check), oldest first."""
     root = Path(run_dir) / CHECKPOINTS
     if not root.is_dir():
         return []
@@ -99,57 +276,150 @@ def read_meta(folder: str | Path) -> dict[str, Any]:
     return json.loads((Path(folder) / META).read_text())
 
 
-def _fsync_tree(folder: Path) -> None:
-    for path in folder.rglob("*"):
-        if path.is_file():
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
+# ---------------------------------------------------------------------------------------- the checkpointer
 
 
-def finalize(temp: Path, final: Path, meta: dict[str, Any]) -> None:
-    """Write meta.json, then the marker, then rename `temp` to `final` (main process only).
+class Checkpointer:
+    """Owns `<run_dir>/checkpoints`: saves, picks and loads the checkpoint to resume from, prunes.
 
-    The order makes a crash at any point harmless: before the rename nothing looks like a step folder, and a
-    step folder without a valid marker is never chosen.
+    Every process calls `save` and `load` (each writes and reads its own RNG file; the main process the rest);
+    `token` is the same on every process of a run (it names the temp folder they write into).
     """
-    (temp / META).write_text(json.dumps(meta, indent=2, sort_keys=False) + "\n")
-    _fsync_tree(temp)
-    marker = temp / MARKER
-    marker.write_text(json.dumps(_manifest(temp), indent=1) + "\n")
-    with open(marker, "rb") as handle:
-        os.fsync(handle.fileno())
-    if final.exists():  # an older attempt of the same step (e.g. saved, then crashed before pruning)
-        shutil.rmtree(final)
-    os.replace(temp, final)
-    try:  # make the rename itself durable
-        fd = os.open(final.parent, os.O_RDONLY)
-        os.fsync(fd)
-        os.close(fd)
-    except OSError:
-        pass
 
+    def __init__(
+        self, run_dir: str | Path, accelerator: Any, token: str, keep_last: int | None = None
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.root = self.run_dir / CHECKPOINTS
+        self.accelerator = accelerator
+        self.token = token
+        self.keep_last = keep_last
 
-def prune(run_dir: str | Path, keep_last: int | None) -> list[Path]:
-    """Delete all but the newest `keep_last` complete checkpoints, and stale temp folders; returns deleted."""
-    root = Path(run_dir) / CHECKPOINTS
-    deleted: list[Path] = []
-    if root.is_dir():
-        for child in root.iterdir():
-            if child.name.startswith(".tmp-"):
-                shutil.rmtree(child, ignore_errors=True)
-                deleted.append(child)
-    if keep_last is None or keep_last <= 0:
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def clean(self) -> list[Path]:
+        """Main process, under the run lock: remove dead writers' temp folders and incomplete step folders."""
+        removed = fs.remove_stale_temps(self.root)
+        if self.root.is_dir():
+            for child in self.root.iterdir():
+                if _STEP_RE.match(child.name) and child.is_dir() and _manifest(child) is None:
+                    fs.remove_folder(child)  # no valid marker: a crash's leftover, never a checkpoint
+                    removed.append(child)
+        return removed
+
+    def save(
+        self,
+        step: int,
+        model: Any,
+        optimizer: torch.optim.Optimizer,
+        meta: dict[str, Any],
+        tokenizer_dir: Path | None = None,
+    ) -> Path:
+        """Write the checkpoint of `step` (module docstring); every process calls it. Returns its folder."""
+        from bert.model.convert import TIED_ALIASES
+
+        accelerator = self.accelerator
+        final = step_folder(self.run_dir, step)
+        temp = self.root / f"{fs.TEMP_PREFIX}{final.name}-{self.token}"
+        state_dict = accelerator.get_state_dict(model)  # every process (a collective for sharded models)
+        lock = None
+        if self.main:
+            temp.mkdir(parents=True, exist_ok=True)
+            lock = fs.owner_lock(temp)
+            lock.__enter__()
+        try:
+            accelerator.wait_for_everyone()
+            save_rng(temp / rng_file(accelerator.process_index))
+            if self.main:
+                from safetensors.torch import save_file
+
+                weights = {
+                    k: v.detach().cpu().contiguous()
+                    for k, v in state_dict.items()
+                    if k not in TIED_ALIASES or TIED_ALIASES[k] not in state_dict
+                }
+                save_file(weights, str(temp / MODEL), metadata={"format": "pt"})
+                save_state_tree(optimizer.state_dict(), temp / OPTIMIZER_TENSORS, temp / OPTIMIZER_STATE)
+                if accelerator.scaler is not None:
+                    save_state_tree(accelerator.scaler.state_dict(), None, temp / SCALER)
+                if tokenizer_dir is not None and Path(tokenizer_dir).is_dir():
+                    shutil.copytree(tokenizer_dir, temp / "tokenizer", dirs_exist_ok=True)
+                (temp / META).write_text(json.dumps({"step": step, **meta}, indent=2) + "\n")
+            accelerator.wait_for_everyone()
+            if self.main:
+                fs.fsync_tree(temp)
+                write_marker(temp)
+        finally:
+            if lock is not None:
+                lock.__exit__(None, None, None)
+        if self.main:
+            (temp / ".owner").unlink(missing_ok=True)
+            fs.replace_folder(temp, final)
+            self.prune(keep=final)
+        accelerator.wait_for_everyone()
+        return final
+
+    def prune(self, keep: Path) -> list[Path]:
+        """Delete all but the newest `keep_last` complete checkpoints, never `keep` (the one just saved)."""
+        if not self.keep_last or self.keep_last <= 0:
+            return []
+        deleted = []
+        for folder in list_checkpoints(self.run_dir)[: -self.keep_last]:
+            if folder != keep:
+                fs.remove_folder(folder)
+                deleted.append(folder)
         return deleted
-    for folder in list_checkpoints(run_dir)[:-keep_last]:
-        shutil.rmtree(folder, ignore_errors=True)
-        deleted.append(folder)
-    return deleted
+
+    def choose(self, warn: Any) -> Path | None:
+        """Main process: the newest checkpoint that verifies; each one that does not is one `warn` line."""
+        for folder in reversed(list_checkpoints(self.run_dir)):
+            problem = verify(folder)
+            if problem is None:
+                return folder
+            warn(f"checkpoint {folder.name}: {problem}; trying the previous one")
+        return None
+
+    def load(self, folder: Path, model: Any, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        """Restore model, optimizer, grad scaler and this process's RNG from `folder`; returns meta.json.
+
+        Raises CheckpointError naming the file when a state cannot be restored."""
+        from safetensors.torch import load_file
+
+        from bert.model.convert import load_weights
+
+        accelerator = self.accelerator
+        meta = _read_json(folder / META)
+        try:
+            state = load_file(str(folder / MODEL))
+        except Exception as err:  # safetensors raises its own error types
+            raise CheckpointError(f"{MODEL}: unreadable ({err})") from None
+        unwrapped = accelerator.unwrap_model(model)
+        try:
+            report = load_weights(unwrapped, state, str(folder / MODEL))
+        except UserError as err:
+            raise CheckpointError(str(err)) from None
+        if report.missing or report.unexpected:
+            raise CheckpointError(f"{MODEL}: missing {report.missing}, unexpected {report.unexpected}")
+        try:
+            optimizer_state = load_state_tree(folder / OPTIMIZER_TENSORS, folder / OPTIMIZER_STATE)
+            optimizer.load_state_dict(optimizer_state)
+        except CheckpointError:
+            raise
+        except Exception as err:
+            raise CheckpointError(f"{OPTIMIZER_STATE}: cannot be restored ({err})") from None
+        if accelerator.scaler is not None:
+            accelerator.scaler.load_state_dict(load_state_tree(None, folder / SCALER))
+        load_rng(folder / rng_file(accelerator.process_index))
+        return meta
 
 
 # ---------------------------------------------------------------------------------------------- compatibility
 
 # Keys that must match between a checkpoint's config and the current one for the weights and the data
-# position to mean the same thing. Everything else (lr, steps, logging, ...) may change on resume.
+# position to mean the same thing. Optimizer hyper-parameters, the schedule and max_steps may change on
+# resume (bert.optim.Schedule: the new settings apply from the resumed step on).
 _MUST_MATCH = (
     "model.vocab_size",
     "model.hidden_size",
@@ -182,7 +452,8 @@ def check_compatible(folder: Path, saved: dict[str, Any], current: dict[str, Any
     if problems:
         raise UserError(
             f"cannot resume from {folder}: the config differs in {'; '.join(problems)} "
-            "(use another train.output_dir, or train.resume=false, or train.init_from for weights only)"
+            "(use another train.output_dir, or train.overwrite=true to start over, or train.init_from for "
+            "weights only)"
         )
 
 
@@ -199,31 +470,24 @@ def copy_tokenizer(source: str | Path | None, output: str | Path) -> None:
 
 
 def write_export(model: Any, tokenizer_dir: str | Path | None, output: str | Path) -> Path:
-    """Save `model` (a BertForPreTraining on CPU) with its tokenizer as a Hugging Face folder, atomically."""
-    output = Path(output)
-    temp = output.parent / f".tmp-{output.name}"
-    if temp.exists():
-        shutil.rmtree(temp)
-    temp.mkdir(parents=True)
-    model.save_pretrained(temp)
-    copy_tokenizer(tokenizer_dir, temp)
-    if output.exists():
-        shutil.rmtree(output)
-    os.replace(temp, output)
-    return output
+    """Save `model` (on the CPU) with its tokenizer as a Hugging Face folder, atomically."""
+    with fs.atomic_folder(output) as temp:
+        model.save_pretrained(temp)
+        copy_tokenizer(tokenizer_dir, temp)
+    return Path(output)
 
 
 def export_checkpoint(checkpoint: str | Path, output: str | Path) -> Path:
     """`bert export`: write a checkpoint (a step folder, or a run folder's latest) as a Hugging Face folder.
 
-    The result holds config.json, model.safetensors and the tokenizer; `transformers.BertForPreTraining`
-    and `bert finetune` load it.
+    The checkpoint is verified (sizes and hashes) first. The result holds config.json, model.safetensors and
+    the tokenizer; `transformers.BertForPreTraining` and `bert finetune` load it.
     """
-    import torch
     from safetensors.torch import load_file
 
     from bert.model import BertForPreTraining
     from bert.model.config import BertConfig
+    from bert.model.convert import load_weights
 
     folder = Path(checkpoint)
     if not folder.is_dir():
@@ -233,30 +497,16 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path) -> Path:
         if latest is None:
             raise UserError(f"{folder}: run folder has no complete checkpoint")
         folder = latest
-    if not is_complete(folder):
-        raise UserError(f"{folder}: not a complete checkpoint (no {MARKER} marker, or a file is truncated)")
+    problem = verify(folder)
+    if problem is not None:
+        raise UserError(f"{folder}: not a usable checkpoint: {problem}")
     meta = read_meta(folder)
-    weights = folder / "model.safetensors"
-    if not weights.is_file():
-        raise UserError(f"{folder}: no model.safetensors (a sharded FSDP checkpoint must be merged first)")
     model = BertForPreTraining(BertConfig.from_dict(meta["config"]["model"]))
-    state = load_file(str(weights))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    # Tied weights (the MLM decoder shares the word embeddings) are stored once; anything else is an error.
-    tied = {name for name, p in model.state_dict(keep_vars=True).items() if name not in state}
-    missing = [k for k in missing if k not in tied or not _is_tied(model, k)]
-    if missing or unexpected:
+    report = load_weights(model, load_file(str(folder / MODEL)), str(folder / MODEL))
+    if report.missing or report.unexpected:
         raise UserError(
-            f"{weights}: weights do not match the model: missing {missing}, unexpected {unexpected}"
+            f"{folder / MODEL}: weights do not match the model: missing {report.missing}, "
+            f"unexpected {report.unexpected}"
         )
     with torch.no_grad():
         return write_export(model, folder / "tokenizer", output)
-
-
-def _is_tied(model: Any, name: str) -> bool:
-    """True if parameter `name` shares storage with another parameter of `model`."""
-    params = dict(model.named_parameters(remove_duplicate=False))
-    target = params.get(name)
-    if target is None:
-        return False
-    return any(other is target for key, other in params.items() if key != name)

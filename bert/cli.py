@@ -85,7 +85,7 @@ def _run_pretrain(args: argparse.Namespace) -> int:
     cfg = _load(args, PretrainConfig)
     from bert.pretrain import pretrain
 
-    pretrain(cfg)
+    pretrain(cfg, hooks=getattr(args, "hooks", None))
     return 0
 
 
@@ -116,7 +116,7 @@ def _run_export(args: argparse.Namespace) -> int:
 
 
 def _run_inspect(args: argparse.Namespace) -> int:
-    from bert.data.inspect import run_inspect
+    from bert.data.show import run_inspect
 
     run_inspect(args)
     return 0
@@ -306,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
         """
         bert bench --model mini --batch-size 32 --seq-len 128
         bert bench --model base --batch-size 8 --attn unpadded --steps 10 --json bench.json
+        bert bench --model mini --batch-size 8 --sides plain,compiled      # what torch.compile gives
         """,
         _run_bench,
     )
@@ -323,6 +324,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="also write the results as JSON here")
     p.add_argument("--no-reference", action="store_true", help="time only this project's model")
     p.add_argument(
+        "--sides",
+        help="comma-separated sides to time, of: ours (with --fast-paths), plain (ours, no fast paths), "
+        "compiled (ours under torch.compile, no fast paths), reference (transformers); default "
+        "ours,reference",
+    )
+    p.add_argument(
+        "--fast-paths",
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="the speedups of bert.model.fast for 'ours': auto (on for the CPU, off on CUDA), on, off",
+    )
+    p.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (default: every core of the machine)"
     )
     p.add_argument(
@@ -335,9 +348,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, hooks: Any = None) -> int:
+    """`bert ...`; `hooks` (bert.hooks.TrainHooks) reach the training loop: for tests, not for users."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.hooks = hooks
     if not hasattr(args, "handler"):
         parser.print_help()
         return 2

@@ -1,38 +1,57 @@
-"""Typed run configs: dataclass sections, loaded from YAML and overridden by dotted `key=value` pairs.
+"""The run configs: typed dataclass sections with a docstring per field, and their checks.
 
-A config file is YAML whose top-level keys are the sections of `PretrainConfig` or `FinetuneConfig`. Two
-shortcuts keep files short:
-
-- `base: other.yaml` at the top level inherits another file (relative to this one) and overrides it;
-- a section given as a string loads a preset: `model: mini` reads `configs/model/mini.yaml`, and a string
-  ending in `.yaml` is a path relative to the file that names it. On the command line `model=base` works too.
-
-Every error is one line that names the key: an unknown key lists the closest valid keys, a wrong type names the
-field and the type it expects. `save_config` writes the resolved config that every run keeps beside its output.
+`PretrainConfig` (model, data, optimizer, train, logging) is what `bert prepare` and `bert pretrain` read;
+`FinetuneConfig` (model_path, task, optimizer, train, logging) what `bert finetune`, `bert evaluate` and
+`bert glue` read. They are loaded from YAML with dotted overrides by bert/typed_yaml.py (`load_config`,
+re-exported here). Every value is checked when the config is built (`__post_init__`): ranges, and
+consistency between sections (the sequence length against the position table), so that a bad value is one
+line and exit status 2 before any data is prepared or any model built.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import types
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin
-
-import yaml
+from typing import Literal
 
 from bert.model.config import BertConfig
+from bert.typed_yaml import (
+    CONFIG_ROOT,
+    ConfigError,
+    build,
+    config_keys,
+    field_docs,
+    flatten,
+    load_config,
+    save_config,
+    to_dict,
+)
 
-CONFIG_ROOT = Path(__file__).resolve().parent.parent / "configs"
-"""The repository's `configs/` folder, where presets (`model: mini`) are looked up."""
+__all__ = [  # the loading engine is part of this module's interface
+    "CONFIG_ROOT",
+    "ConfigError",
+    "build",
+    "config_keys",
+    "field_docs",
+    "flatten",
+    "load_config",
+    "save_config",
+    "to_dict",
+]
 
-T = TypeVar("T")
+
+# ----------------------------------------------------------------------------------------------- checks
 
 
-class ConfigError(ValueError):
-    """A config that cannot be loaded; the message is one line meant for the user."""
+def _require(condition: bool, key: str, rule: str, value: object) -> None:
+    """One check of `__post_init__`: a ValueError that the loader turns into one line naming the key."""
+    if not condition:
+        raise ValueError(f"{key} must be {rule}, got {value!r}")
+
+
+def _positive(section: str, obj: object, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        _require(value is None or value >= 1, f"{section}.{name}", "at least 1", value)
 
 
 # --------------------------------------------------------------------------------------------- sections
@@ -48,6 +67,10 @@ class SyntheticConfig:
     """Seed of the generator; the same seed gives the same text."""
     num_topics: int = 8
     """Topics (1-8), each with its own content words; documents of different topics share none."""
+
+    def __post_init__(self) -> None:
+        _require(self.num_documents >= 2, "synthetic.num_documents", "at least 2", self.num_documents)
+        _require(1 <= self.num_topics <= 8, "synthetic.num_topics", "between 1 and 8", self.num_topics)
 
 
 @dataclass
@@ -109,6 +132,25 @@ class DataConfig:
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     """Settings of the built-in synthetic corpus."""
 
+    def __post_init__(self) -> None:
+        _require(self.vocab_size >= 16, "data.vocab_size", "at least 16", self.vocab_size)
+        _require(self.max_seq_length >= 8, "data.max_seq_length", "at least 8", self.max_seq_length)
+        _require(0 <= self.short_seq_prob <= 1, "data.short_seq_prob", "in [0, 1]", self.short_seq_prob)
+        _require(0 < self.masked_lm_prob < 1, "data.masked_lm_prob", "in (0, 1)", self.masked_lm_prob)
+        _require(
+            0 <= self.validation_fraction < 1,
+            "data.validation_fraction",
+            "in [0, 1) (the rest is the training set)",
+            self.validation_fraction,
+        )
+        _positive("data", self, "dupe_factor", "max_predictions_per_seq", "pad_to_multiple_of", "num_proc")
+        _require(
+            self.max_predictions_per_seq < self.max_seq_length,
+            "data.max_predictions_per_seq",
+            f"below data.max_seq_length ({self.max_seq_length})",
+            self.max_predictions_per_seq,
+        )
+
 
 @dataclass
 class OptimizerConfig:
@@ -130,14 +172,35 @@ class OptimizerConfig:
     """Linear warmup steps; if 0, warmup_ratio is used."""
     warmup_ratio: float = 0.01
     """Warmup as a fraction of the total steps, used when warmup_steps is 0."""
-    schedule: Literal["linear", "polynomial", "constant"] = "linear"
-    """Decay after warmup: linear to zero, polynomial with `power`, or constant."""
+    schedule: Literal["linear", "polynomial", "constant", "wsd"] = "linear"
+    """Decay after warmup: linear to min_lr_ratio, polynomial with `power`, constant, or wsd
+    (warmup-stable-decay: constant, then linear over the last `decay_ratio` of the steps)."""
+    decay_ratio: float = 0.2
+    """wsd only: the final fraction of the steps over which the lr decays."""
     power: float = 1.0
     """Exponent of the polynomial decay."""
     min_lr_ratio: float = 0.0
     """Floor of the decay as a fraction of lr."""
     fused: bool = True
     """AdamW only: torch's fused kernel, one pass per tensor (much cheaper on CPU than the default foreach)."""
+
+    def __post_init__(self) -> None:
+        _require(self.lr > 0, "optimizer.lr", "> 0", self.lr)
+        for i, beta in enumerate(self.betas):
+            _require(0 <= beta < 1, f"optimizer.betas[{i}]", "in [0, 1)", beta)
+        _require(self.eps > 0, "optimizer.eps", "> 0", self.eps)
+        _require(self.weight_decay >= 0, "optimizer.weight_decay", ">= 0", self.weight_decay)
+        _require(
+            self.max_grad_norm is None or self.max_grad_norm > 0,
+            "optimizer.max_grad_norm",
+            "> 0 or null",
+            self.max_grad_norm,
+        )
+        _require(self.warmup_steps >= 0, "optimizer.warmup_steps", ">= 0", self.warmup_steps)
+        _require(0 <= self.warmup_ratio < 1, "optimizer.warmup_ratio", "in [0, 1)", self.warmup_ratio)
+        _require(self.power > 0, "optimizer.power", "> 0", self.power)
+        _require(0 <= self.min_lr_ratio <= 1, "optimizer.min_lr_ratio", "in [0, 1]", self.min_lr_ratio)
+        _require(0 <= self.decay_ratio <= 1, "optimizer.decay_ratio", "in [0, 1]", self.decay_ratio)
 
 
 @dataclass
@@ -176,14 +239,22 @@ class TrainConfig:
     """Stop after this many consecutive steps with a non-finite loss or gradient norm."""
     eval_at_start: bool = False
     """Also evaluate before the first step (a baseline for the curves)."""
-    record_example_ids: bool = False
-    """Append the (epoch, id) of every consumed training example to <output_dir>/example_ids_rank<r>.jsonl
-    (an audit of the data order; used by the resume tests)."""
-    debug_nan_at_step: int | None = None
-    """Testing aid: at this step, process 0 writes NaN into its gradients (the NaN guard must skip it)."""
-    debug_signal: str | None = None
-    """Testing aid: 'SIGTERM@5' sends the signal to this process in the middle of step 5 (after its first
-    backward); 'SIGTERM@eval:4' during the evaluation after step 4; SIGINT and SIGKILL work too."""
+    overwrite: bool = False
+    """With resume=false, delete the checkpoints, export and metrics of an earlier run in output_dir first
+    (without it, a folder with checkpoints is refused)."""
+    compile: bool = False
+    """Wrap the model in torch.compile (the fast paths are then off: see bert.model.fast)."""
+    compile_backend: str = "inductor"
+    """torch.compile backend: inductor (generates kernels), or aot_eager / eager to debug tracing."""
+    fast_paths: Literal["auto", "on", "off"] = "auto"
+    """The model's speedups (bert/model/fast): auto (on for the CPU, off on CUDA and under compile), on, off."""
+
+    def __post_init__(self) -> None:
+        _positive("train", self, "max_steps", "batch_size", "gradient_accumulation_steps", "log_every")
+        _positive("train", self, "eval_batches", "keep_last", "max_nonfinite_steps")
+        _require(self.eval_every >= 0, "train.eval_every", ">= 0 (0: only at the end)", self.eval_every)
+        _require(self.save_every >= 0, "train.save_every", ">= 0 (0: only at the end)", self.save_every)
+        _require(self.num_workers >= 0, "train.num_workers", ">= 0", self.num_workers)
 
 
 @dataclass
@@ -199,7 +270,15 @@ class LoggingConfig:
     wandb_mode: Literal["auto", "online", "offline", "disabled"] = "auto"
     """auto: online when logged in to wandb, offline otherwise (sync later with `wandb sync`)."""
     progress_bar: bool = True
-    """Show a progress bar on the main process."""
+    """Show progress on the main process: a live bar on a terminal, a plain line every `progress_interval`
+    seconds otherwise (a log file, SLURM, CI)."""
+    progress_interval: float = 30.0
+    """Seconds between the plain progress lines written when the output is not a terminal."""
+
+    def __post_init__(self) -> None:
+        unknown = [t for t in self.trackers if t not in ("tensorboard", "wandb")]
+        _require(not unknown, "logging.trackers", "a list of tensorboard and wandb", self.trackers)
+        _require(self.progress_interval > 0, "logging.progress_interval", "> 0", self.progress_interval)
 
 
 @dataclass
@@ -211,6 +290,21 @@ class PretrainConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def __post_init__(self) -> None:
+        positions = self.model.max_position_embeddings
+        _require(
+            self.data.max_seq_length <= positions,
+            "data.max_seq_length",
+            f"at most model.max_position_embeddings ({positions})",
+            self.data.max_seq_length,
+        )
+        _require(
+            not self.data.nsp or self.model.type_vocab_size >= 2,
+            "model.type_vocab_size",
+            "at least 2 for sentence pairs (data.nsp=true)",
+            self.model.type_vocab_size,
+        )
 
 
 @dataclass
@@ -245,6 +339,15 @@ class TaskConfig:
     """Documents of the built-in `synthetic` task (name: synthetic): pairs labelled 1 when same topic."""
     synthetic_pairs: int = 2000
     """Training pairs of the synthetic task; dev and test get a fifth of this each."""
+    max_train_examples: int | None = None
+    """Train on this many pairs of the training set, drawn without replacement by `subsample_seed` (None: all;
+    for quick looks and CPUs: the large tasks have 100k-400k pairs). Dev and test sets are never cut."""
+    subsample_seed: int = 0
+    """Seed of the `max_train_examples` draw: the same subset for every seed of a run and every run."""
+
+    def __post_init__(self) -> None:
+        _require(self.synthetic_pairs >= 10, "task.synthetic_pairs", "at least 10", self.synthetic_pairs)
+        _positive("task", self, "max_train_examples")
 
 
 @dataclass
@@ -285,6 +388,20 @@ class FinetuneTrainConfig:
     """Log the training loss and learning rate to the trackers every N optimizer steps."""
     cache_dir: str | None = "data/cache/finetune"
     """Where tokenised splits are cached between runs (None: tokenise in memory every run)."""
+    compile: bool = False
+    """Wrap the model in torch.compile (the fast paths are then off: see bert.model.fast)."""
+    compile_backend: str = "inductor"
+    """torch.compile backend: inductor (generates kernels), or aot_eager / eager to debug tracing."""
+    fast_paths: Literal["auto", "on", "off"] = "auto"
+    """The model's speedups (bert/model/fast): auto (on for the CPU, off on CUDA and under compile), on, off."""
+
+    def __post_init__(self) -> None:
+        _require(self.epochs > 0, "train.epochs", "> 0", self.epochs)
+        _require(self.max_length >= 4, "train.max_length", "at least 4", self.max_length)
+        _require(len(self.seeds) > 0, "train.seeds", "a non-empty list", self.seeds)
+        _positive("train", self, "batch_size", "eval_batch_size", "mega_batch", "pad_to_multiple_of")
+        _positive("train", self, "num_threads", "log_every")
+        _require(self.num_workers >= 0, "train.num_workers", ">= 0", self.num_workers)
 
 
 @dataclass
@@ -301,334 +418,3 @@ class FinetuneConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     attn_implementation: Literal["eager", "sdpa", "unpadded"] | None = "unpadded"
     """Attention path for fine-tuning (None: keep the model's own)."""
-
-
-# ----------------------------------------------------------------------------------------------- loading
-
-
-def load_config(
-    cls: type[T], path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
-) -> T:
-    """Load `cls` from a YAML file (or its defaults when `path` is None) and apply dotted overrides."""
-    data: dict[str, Any] = {}
-    base_dir = Path.cwd()
-    if path is not None:
-        data = _read_yaml_tree(Path(path))
-        base_dir = Path(path).resolve().parent
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(
-                f"override {item!r} is not of the form key=value (for example train.max_steps=100)"
-            )
-        _set_dotted(data, key.strip(), _parse_value(raw))
-    return build(cls, data, base_dir=base_dir)
-
-
-def build(cls: type[T], data: dict[str, Any], base_dir: Path | None = None, prefix: str = "") -> T:
-    """Turn a nested dict into the dataclass `cls`, checking every key and type."""
-    base_dir = base_dir or Path.cwd()
-    if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping of keys, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs: dict[str, Any] = {}
-    for key, value in data.items():
-        dotted = f"{prefix}{key}"
-        if key not in fields:
-            raise ConfigError(_unknown_key_message(dotted, prefix, list(fields)))
-        kwargs[key] = _coerce(value, hints[key], dotted, base_dir, section=key)
-    try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(str(err)) from None
-
-
-def to_dict(config: Any) -> dict[str, Any]:
-    """A plain nested dict of a config (tuples become lists), ready for YAML or a tracker."""
-
-    def plain(value: Any) -> Any:
-        if dataclasses.is_dataclass(value):
-            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
-        if isinstance(value, (list, tuple)):
-            return [plain(v) for v in value]
-        if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items()}
-        return value
-
-    return plain(config)
-
-
-def save_config(config: Any, path: str | Path) -> None:
-    """Write the resolved config as YAML; `load_config(type(config), path)` reads it back."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-
-
-def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """`{'train': {'lr': 1}}` -> `{'train.lr': 1}`; for trackers that want flat hyper-parameters."""
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def config_keys(cls: type) -> list[str]:
-    """Every dotted key of a config class, for help texts and suggestions."""
-    keys: list[str] = []
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if dataclasses.is_dataclass(hints[f.name]):
-            keys += [f"{f.name}.{k}" for k in config_keys(hints[f.name])]
-        else:
-            keys.append(f.name)
-    return keys
-
-
-def field_docs(cls: type) -> dict[str, str]:
-    """Docstrings of every field (the string literal after each field), by dotted key."""
-    import ast
-    import inspect
-    import textwrap
-
-    docs: dict[str, str] = {}
-    hints = typing.get_type_hints(cls)
-    try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    except (OSError, TypeError):
-        tree = None
-    if tree is not None:
-        body = tree.body[0].body  # type: ignore[attr-defined]
-        for node, nxt in zip(body, body[1:]):
-            if (
-                isinstance(node, ast.AnnAssign)
-                and isinstance(node.target, ast.Name)
-                and isinstance(nxt, ast.Expr)
-                and isinstance(getattr(nxt, "value", None), ast.Constant)
-                and isinstance(nxt.value.value, str)
-            ):
-                docs[node.target.id] = " ".join(nxt.value.value.split())
-    out: dict[str, str] = {}
-    for f in dataclasses.fields(cls):
-        if dataclasses.is_dataclass(hints[f.name]):
-            out.update({f"{f.name}.{k}": v for k, v in field_docs(hints[f.name]).items()})
-        else:
-            out[f.name] = docs.get(f.name, "")
-    return out
-
-
-# ------------------------------------------------------------------------------------------------ helpers
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise ConfigError(f"{path}{where}: not valid YAML: {getattr(err, 'problem', err)}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(
-            f"{path}: expected a mapping of sections at the top level, got {type(data).__name__}"
-        )
-    return data
-
-
-def _read_yaml_tree(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """Read a YAML file, resolving `base:` inheritance and string presets relative to its folder."""
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    path = path.resolve()
-    if path in seen:
-        raise ConfigError(f"{path}: 'base' inheritance loops back to itself")
-    data = _read_yaml(path)
-    for key, value in list(data.items()):
-        if isinstance(value, str) and value.endswith((".yaml", ".yml")) and key != "base":
-            data[key] = _read_yaml_tree(_resolve_relative(value, path.parent), seen + (path,))
-    base = data.pop("base", None)
-    if base is None:
-        return data
-    if not isinstance(base, str):
-        raise ConfigError(f"{path}: 'base' must be a path to another YAML file")
-    merged = _read_yaml_tree(_resolve_relative(base, path.parent), seen + (path,))
-    _deep_update(merged, data)
-    return merged
-
-
-def _resolve_relative(value: str, base_dir: Path) -> Path:
-    candidate = Path(value)
-    if candidate.is_absolute():
-        return candidate
-    local = base_dir / candidate
-    if local.exists():
-        return local
-    root = CONFIG_ROOT.parent / candidate
-    return root if root.exists() else local
-
-
-def _deep_update(into: dict[str, Any], new: dict[str, Any]) -> None:
-    for key, value in new.items():
-        if isinstance(value, dict) and isinstance(into.get(key), dict):
-            _deep_update(into[key], value)
-        else:
-            into[key] = value
-
-
-def _parse_value(raw: str) -> Any:
-    raw = raw.strip()
-    try:
-        return yaml.safe_load(raw) if raw else ""
-    except yaml.YAMLError:
-        return raw
-
-
-def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
-    parts = key.split(".")
-    node = data
-    for i, part in enumerate(parts[:-1]):
-        child = node.get(part)
-        if child is None or isinstance(child, str):
-            # A string section (a preset name) stays: the override lands beside it and is merged later.
-            node[part] = {"_preset": child} if isinstance(child, str) else {}
-        elif not isinstance(child, dict):
-            raise ConfigError(f"override {key}: '{'.'.join(parts[: i + 1])}' is a value, not a section")
-        node = node[part]
-    last = parts[-1]
-    if isinstance(node.get(last), dict) and isinstance(value, str):
-        node[last] = {"_preset": value, **{k: v for k, v in node[last].items() if k != "_preset"}}
-    else:
-        node[last] = value
-
-
-def _load_preset(section: str, name: str, base_dir: Path, dotted: str) -> dict[str, Any]:
-    if name.endswith((".yaml", ".yml")):
-        path = _resolve_relative(name, base_dir)
-    else:
-        path = CONFIG_ROOT / section / f"{name}.yaml"
-        if not path.is_file():
-            options = sorted(p.stem for p in (CONFIG_ROOT / section).glob("*.yaml"))
-            hint = f"; presets: {', '.join(options)}" if options else ""
-            raise ConfigError(f"{dotted}: no preset named {name!r} in {CONFIG_ROOT / section}{hint}")
-    return _read_yaml_tree(path)
-
-
-def _unknown_key_message(dotted: str, prefix: str, valid: list[str]) -> str:
-    name = dotted[len(prefix) :]
-    close = difflib.get_close_matches(name, valid, n=3, cutoff=0.5)
-    if close:
-        hint = "did you mean " + " or ".join(f"'{prefix}{c}'" for c in close) + "?"
-    else:
-        hint = "valid keys: " + ", ".join(f"{prefix}{v}" for v in valid)
-    return f"unknown config key '{dotted}'; {hint}"
-
-
-def _type_name(tp: Any) -> str:
-    origin = get_origin(tp)
-    if origin is Literal:
-        return " | ".join(repr(a) for a in get_args(tp))
-    if origin in (Union, types.UnionType):
-        return " | ".join(_type_name(a) for a in get_args(tp))
-    if origin in (list, tuple):
-        args = get_args(tp)
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            return f"a list of {len(args)} {_type_name(args[0])}"
-        return f"a list of {_type_name(args[0])}" if args else "a list"
-    if tp is type(None):
-        return "null"
-    if dataclasses.is_dataclass(tp):
-        return "a section (mapping) or a preset name"
-    return getattr(tp, "__name__", str(tp))
-
-
-def _coerce(value: Any, tp: Any, dotted: str, base_dir: Path, section: str) -> Any:
-    """Check `value` against the annotation `tp` and convert where it is lossless (int -> float)."""
-
-    def fail() -> ConfigError:
-        shown = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
-        return ConfigError(f"{dotted}: expected {_type_name(tp)}, got {type(value).__name__} {shown}")
-
-    origin = get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        if isinstance(value, str):
-            value = {"_preset": value}
-        if isinstance(value, dict) and "_preset" in value:
-            preset = value["_preset"]
-            rest = {k: v for k, v in value.items() if k != "_preset"}
-            value = _load_preset(section, preset, base_dir, dotted) if preset else {}
-            _deep_update(value, rest)
-        if not isinstance(value, dict):
-            raise fail()
-        return build(tp, value, base_dir=base_dir, prefix=f"{dotted}.")
-    if origin in (Union, types.UnionType):
-        args = get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, dotted, base_dir, section)
-            except ConfigError:
-                continue
-        raise fail()
-    if origin is Literal:
-        if value in get_args(tp):
-            return value
-        raise ConfigError(f"{dotted}: expected one of {_type_name(tp)}, got {value!r}")
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            if origin is list and isinstance(value, (str, int, float)) and not isinstance(value, bool):
-                value = [value]  # a single item where a list is expected
-            else:
-                raise fail()
-        args = get_args(tp)
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(value) != len(args):
-                raise fail()
-            return tuple(
-                _coerce(v, a, f"{dotted}[{i}]", base_dir, section)
-                for i, (v, a) in enumerate(zip(value, args))
-            )
-        item = args[0] if args else Any
-        items = [_coerce(v, item, f"{dotted}[{i}]", base_dir, section) for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
-    if tp is Any:
-        return value
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise fail()
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise fail()
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML reads 1e-4 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise fail()
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise fail()
-    if origin is dict or tp is dict:
-        if isinstance(value, dict):
-            return value
-        raise fail()
-    if isinstance(tp, type) and isinstance(value, tp):
-        return value
-    raise fail()

@@ -13,8 +13,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100
-"""Label of unused masked-position slots (Hugging Face convention)."""
+from bert.batch import IGNORE_INDEX
+from bert.losses import mlm_correct_slots
 
 
 @torch.no_grad()
@@ -30,7 +30,7 @@ def example_stats(
     token_loss = F.cross_entropy(
         logits.transpose(1, 2), masked_lm_labels, ignore_index=IGNORE_INDEX, reduction="none"
     )  # (B, P), 0 at ignored slots
-    correct = (logits.argmax(-1) == masked_lm_labels) & valid
+    correct = mlm_correct_slots(logits, masked_lm_labels)  # (B, P)
     stats = {
         "mlm_loss": token_loss.sum(1),
         "mlm_correct": correct.sum(1).float(),

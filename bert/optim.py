@@ -3,8 +3,13 @@
 This file owns:
 - `param_groups`: two groups, with and without weight decay (never on biases and LayerNorm weights);
 - `Lamb`: layer-wise adaptive moments (You et al., 2019), written out below;
-- `lr_multiplier` / `build_scheduler`: linear warmup, then linear, polynomial or constant decay;
-- `build_optimizer`: AdamW or LAMB from an `OptimizerConfig`.
+- `lr_multiplier` / `Schedule`: linear warmup, then linear, polynomial, constant or warmup-stable-decay;
+- `build_optimizer`: AdamW or LAMB from an `OptimizerConfig`; `apply_hyperparameters` re-applies the
+  config's betas, eps and weight decay (after an optimizer state was loaded on resume).
+
+The learning rate is a pure function of the optimizer step (`Schedule.lr`), set on the param groups before
+every step. Nothing about it needs saving: a resumed run computes the lr of its step from the config it runs
+with, so a changed optimizer.lr, warmup, schedule or train.max_steps applies from the resumed step on.
 """
 
 from __future__ import annotations
@@ -131,22 +136,52 @@ def warmup_steps(cfg: OptimizerConfig, total_steps: int) -> int:
 def lr_multiplier(step: int, cfg: OptimizerConfig, total_steps: int) -> float:
     """Factor applied to the peak lr at optimizer step `step` (0-based: the lr of the step about to run).
 
-    Linear warmup from lr/warmup to lr over `warmup` steps, then decay to `min_lr_ratio * lr` at
-    `total_steps`: linear, polynomial (`power`) or none (constant).
+    Linear warmup from lr/warmup to lr over `warmup` steps, then to `min_lr_ratio * lr` at `total_steps`:
+    linear, polynomial (`power`), none (constant), or warmup-stable-decay ('wsd': constant, then a linear
+    decay over the last `decay_ratio` of the steps).
     """
     warmup = warmup_steps(cfg, total_steps)
     if step < warmup:
         return (step + 1) / warmup
     if cfg.schedule == "constant":
         return 1.0
+    floor = cfg.min_lr_ratio
+    if cfg.schedule == "wsd":
+        decay_start = max(warmup, total_steps - int(round(cfg.decay_ratio * total_steps)))
+        if step < decay_start:
+            return 1.0
+        progress = min((step - decay_start) / max(total_steps - decay_start, 1), 1.0)
+        return floor + (1.0 - floor) * (1.0 - progress)
     remaining = max(total_steps - warmup, 1)
     progress = min(max(step - warmup, 0) / remaining, 1.0)
     power = 1.0 if cfg.schedule == "linear" else cfg.power
-    return cfg.min_lr_ratio + (1.0 - cfg.min_lr_ratio) * (1.0 - progress) ** power
+    return floor + (1.0 - floor) * (1.0 - progress) ** power
 
 
-def build_scheduler(
-    optimizer: torch.optim.Optimizer, cfg: OptimizerConfig, total_steps: int
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """A `LambdaLR` following `lr_multiplier`; call `.step()` once per optimizer step."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_multiplier(step, cfg, total_steps))
+class Schedule:
+    """The learning rate of every step: `cfg.lr * lr_multiplier(step, cfg, total_steps)`."""
+
+    def __init__(self, cfg: OptimizerConfig, total_steps: int) -> None:
+        self.cfg = cfg
+        self.total_steps = max(int(total_steps), 1)
+
+    def lr(self, step: int) -> float:
+        """The lr of 0-based optimizer step `step`."""
+        return self.cfg.lr * lr_multiplier(step, self.cfg, self.total_steps)
+
+    def apply(self, optimizer: torch.optim.Optimizer, step: int) -> float:
+        """Set the lr of `step` on every param group; returns it."""
+        lr = self.lr(step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+
+def apply_hyperparameters(optimizer: torch.optim.Optimizer, cfg: OptimizerConfig) -> None:
+    """Set betas, eps and weight decay from `cfg` on the groups of `param_groups` (decayed group first).
+
+    `load_state_dict` restores the saved groups' values; this makes the current config win on resume."""
+    betas = (float(cfg.betas[0]), float(cfg.betas[1]))
+    for i, group in enumerate(optimizer.param_groups):
+        group["betas"], group["eps"] = betas, cfg.eps
+        group["weight_decay"] = cfg.weight_decay if i == 0 else 0.0

@@ -175,6 +175,10 @@ class Task:
             return True
         return self._split_path(split) is not None and self._split_path(split).is_file()
 
+    def forget_texts(self) -> None:
+        """Drop the splits read so far (their tokenised form is what training keeps)."""
+        self._cache.clear()
+
     def read(self, split: str) -> PairExamples:
         """The examples of one split, read once and kept."""
         if split not in self._cache:

@@ -53,9 +53,14 @@ def special_ids(tokenizer: Tokenizer) -> SpecialIds:
     return SpecialIds(**ids)
 
 
-def _bert_pipeline(tokenizer: Tokenizer, lowercase: bool) -> None:
+def _bert_pipeline(tokenizer: Tokenizer, lowercase: bool, strip_accents: bool | None = None) -> None:
+    """BERT's normaliser (accents stripped with lower-casing unless `strip_accents` says otherwise), the
+    whitespace-and-punctuation pre-tokenizer and the WordPiece decoder."""
     tokenizer.normalizer = normalizers.BertNormalizer(
-        clean_text=True, handle_chinese_chars=True, strip_accents=lowercase, lowercase=lowercase
+        clean_text=True,
+        handle_chinese_chars=True,
+        strip_accents=lowercase if strip_accents is None else strip_accents,
+        lowercase=lowercase,
     )
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tokenizer.decoder = decoders.WordPiece(prefix="##")
@@ -113,11 +118,12 @@ def train_tokenizer(
     return tokenizer
 
 
-def _read_lowercase(folder: Path) -> bool | None:
+def _read_setting(folder: Path, name: str) -> bool | None:
+    """A boolean of tokenizer_config.json beside a vocab.txt (do_lower_case, strip_accents), or None."""
     config = folder / "tokenizer_config.json"
     if config.is_file():
         try:
-            value = json.loads(config.read_text()).get("do_lower_case")
+            value = json.loads(config.read_text()).get(name)
         except json.JSONDecodeError:
             return None
         return bool(value) if value is not None else None
@@ -128,7 +134,8 @@ def load_tokenizer(path: str | Path, lowercase: bool | None = None) -> Tokenizer
     """Load tokenizer.json, vocab.txt, or a folder holding either (a Hugging Face model folder or ours).
 
     For a bare vocab.txt the BERT pipeline is rebuilt; `lowercase` comes from the argument, else from a
-    tokenizer_config.json beside it (do_lower_case), else True (Google's uncased models are the common case).
+    tokenizer_config.json beside it (do_lower_case, and strip_accents), else True (Google's uncased models
+    are the common case). The one tokenizer loader of the project (pretraining data and fine-tuning).
     """
     path = Path(path)
     if not path.exists():
@@ -154,10 +161,35 @@ def load_tokenizer(path: str | Path, lowercase: bool | None = None) -> Tokenizer
                 vocab.setdefault(token, index)
     tokenizer = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]", continuing_subword_prefix="##"))
     if lowercase is None:
-        lowercase = _read_lowercase(folder)
-    _bert_pipeline(tokenizer, True if lowercase is None else lowercase)
+        lowercase = _read_setting(folder, "do_lower_case")
+    _bert_pipeline(
+        tokenizer, True if lowercase is None else lowercase, _read_setting(folder, "strip_accents")
+    )
     special_ids(tokenizer)
     _add_template(tokenizer)
+    return tokenizer
+
+
+def tokenizer_folder(model_path: str | Path) -> Path:
+    """The folder holding a model's tokenizer: the model folder itself, or its `tokenizer/` sub-folder."""
+    for folder in (Path(model_path), Path(model_path) / "tokenizer"):
+        if (folder / "tokenizer.json").is_file() or (folder / "vocab.txt").is_file():
+            return folder
+    raise UserError(f"{model_path}: no tokenizer in the model folder (tokenizer.json or vocab.txt)")
+
+
+def pair_tokenizer(tokenizer: Tokenizer, max_length: int) -> Tokenizer:
+    """Set `tokenizer` up for sentence pairs: `[CLS] a [SEP] b [SEP]`, segment ids 0/1, no padding (batches
+    pad themselves), truncated longest-first to `max_length` tokens (the special tokens counted)."""
+    ids = special_ids(tokenizer)
+    # Always the BERT pair template: a saved tokenizer may not carry one, and ids are looked up, not assumed.
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", ids.cls), ("[SEP]", ids.sep)],
+    )
+    tokenizer.no_padding()  # a saved tokenizer.json may pad to a fixed length
+    tokenizer.enable_truncation(max_length, strategy="longest_first")
     return tokenizer
 
 

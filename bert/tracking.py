@@ -4,23 +4,37 @@ This file owns the decisions around `accelerator.init_trackers`:
 - wandb mode: `online` when logged in (an API key in WANDB_API_KEY or ~/.netrc; only its presence is
   checked, the key is never read into our objects, printed or saved), `offline` otherwise; an explicit
   WANDB_MODE environment variable always wins;
+- a wandb server that cannot be reached (no network on a cluster node, a firewall) is found out by a
+  3-second connection attempt before wandb starts; the run then logs offline, with one warning, instead of
+  waiting minutes for wandb's own time-out;
 - one dashboard run per job: the run id is created once, stored in every checkpoint's meta.json, and passed
   back on resume (`{"wandb": {"id": ..., "resume": "allow"}}`) so the curves continue with increasing steps;
-- hyper-parameters flattened to scalars (TensorBoard's hparams accepts only those).
+  TensorBoard is told to hide the events of steps after the resumed one (`purge_step`), which a crashed
+  run had logged and the resumed run logs again;
+- hyper-parameters flattened to scalars (TensorBoard's hparams accepts only those), secrets left out;
+- `MetricsFile`: metrics.jsonl, the plain-text copy of the dashboard, one line per logged step, cut back on
+  resume to the lines the checkpoint had seen, so that every step appears once.
 Trackers are a no-op when `logging.trackers` is empty.
 """
 
 from __future__ import annotations
 
+import json
 import netrc
 import os
+import socket
+import sys
 import uuid
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
+from bert import fs
 from bert.config import LoggingConfig, flatten, to_dict
 
-SECRET_WORDS = ("key", "token", "secret", "password")
-"""Config keys containing these words are never sent to a tracker (there are none today; a guard)."""
+SECRET_NAMES = ("key", "api_key", "token", "access_token", "auth_token", "secret", "password")
+"""Config keys whose last name is one of these, or ends in _api_key, _secret or _password, are never sent
+to a tracker (there are none today; a guard). Whole names: model.pad_token_id and data.tokenizer are sent."""
 
 
 def new_run_id() -> str:
@@ -39,19 +53,43 @@ def wandb_logged_in() -> bool:
     return bool(entry and entry[2])
 
 
+def wandb_reachable(timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the wandb server (WANDB_BASE_URL, else api.wandb.ai) opens in `timeout`."""
+    url = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai")
+    port = url.port or (80 if url.scheme == "http" else 443)
+    try:
+        with socket.create_connection((url.hostname or "api.wandb.ai", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def wandb_mode(cfg: LoggingConfig) -> str:
-    """The wandb mode to use: WANDB_MODE if set, else the config, with 'auto' decided by the login."""
-    if os.environ.get("WANDB_MODE"):
-        return os.environ["WANDB_MODE"]
-    if cfg.wandb_mode != "auto":
-        return cfg.wandb_mode
-    return "online" if wandb_logged_in() else "offline"
+    """The wandb mode to use: WANDB_MODE if set, else the config, with 'auto' decided by the login; an
+    online mode whose server does not answer becomes offline, with one warning."""
+    mode = os.environ.get("WANDB_MODE") or cfg.wandb_mode
+    if mode == "auto":
+        mode = "online" if wandb_logged_in() else "offline"
+    if mode in ("online", "run") and not wandb_reachable():
+        server = os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
+        print(
+            f"warning: wandb server {server} cannot be reached; logging offline "
+            "(upload later with: wandb sync <run folder>/wandb/offline-run-*)",
+            file=sys.stderr,
+            flush=True,
+        )
+        mode = "offline"
+    return mode
 
 
-def tracker_setup(cfg: LoggingConfig, run_id: str, run_name: str, run_dir: str) -> tuple[list[str], dict]:
+def tracker_setup(
+    cfg: LoggingConfig, run_id: str, run_name: str, run_dir: str, resumed_step: int = 0
+) -> tuple[list[str], dict]:
     """(log_with, init_kwargs) for `Accelerator(log_with=...)` and `accelerator.init_trackers`."""
     trackers = [t for t in cfg.trackers if t]
     init_kwargs: dict[str, Any] = {}
+    if "tensorboard" in trackers and resumed_step:
+        init_kwargs["tensorboard"] = {"purge_step": resumed_step + 1}
     if "wandb" in trackers:
         mode = wandb_mode(cfg)
         if mode == "disabled":
@@ -73,7 +111,48 @@ def hparams(config: Any) -> dict[str, Any]:
     flat = flatten(to_dict(config))
     out: dict[str, Any] = {}
     for key, value in flat.items():
-        if any(word in key.lower() for word in SECRET_WORDS):
+        if is_secret(key):
             continue
         out[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
     return out
+
+
+def is_secret(key: str) -> bool:
+    """Whether a dotted config key names a secret (whole names: see SECRET_NAMES)."""
+    name = key.rsplit(".", 1)[-1].lower()
+    return name in SECRET_NAMES or name.endswith(("_api_key", "_secret", "_password"))
+
+
+class MetricsFile:
+    """metrics.jsonl of a run: one JSON object per logged step (main process only writes)."""
+
+    def __init__(self, path: str | Path, enabled: bool = True) -> None:
+        self.path = Path(path)
+        self.enabled = enabled
+        self.lines = self._count() if enabled else 0
+
+    def _count(self) -> int:
+        if not self.path.is_file():
+            return 0
+        return sum(1 for line in self.path.read_text().splitlines() if line.strip())
+
+    def truncate(self, lines: int) -> None:
+        """Keep the first `lines` entries (what a checkpoint had seen); later ones are logged again."""
+        if not self.enabled or not self.path.is_file():
+            return
+        kept = [line for line in self.path.read_text().splitlines() if line.strip()][:lines]
+        fs.atomic_write_text(self.path, "".join(line + "\n" for line in kept))
+        self.lines = len(kept)
+
+    def append(self, entry: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(entry) + "\n")
+        self.lines += 1
+
+    def entries(self) -> list[dict[str, Any]]:
+        if not self.path.is_file():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]

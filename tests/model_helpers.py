@@ -1,4 +1,5 @@
-"""Shared helpers of the model tests: tiny configs, a Hugging Face twin with copied weights, batches."""
+"""Shared helpers of the model tests: tiny configs, a Hugging Face twin with copied weights, batches, and the
+two variants of our model (the reference, and with every fast path of bert.model.fast)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,22 @@ import dataclasses
 import torch
 import transformers
 
+from bert.model import fast
 from bert.model.config import BertConfig
 
 HF_ONLY = {"attn_implementation", "pre_layer_norm", "architectures"}
+VARIANTS = ["reference", "fast"]
+"""`variant` parameter of the tests that must hold for the plain model and for the fast paths alike."""
+
+
+def as_variant(model: torch.nn.Module, variant: str) -> torch.nn.Module:
+    """The model itself ('reference') or with every fast path swapped in ('fast'); the same weights."""
+    return fast.enable(model, fast.FastPaths.all()) if variant == "fast" else model
+
+
+def cross_entropy_of(variant: str):
+    """The MLM loss's summed cross-entropy of the variant (None: the reference)."""
+    return fast.FastPaths.all().cross_entropy() if variant == "fast" else None
 
 
 def tiny_config(**overrides) -> BertConfig:

@@ -1,5 +1,6 @@
 """Shared helpers of the pretraining tests: a tiny config, tiny prepared data (built once per session and
-reused through `run_prepare`'s cache), and running `bert pretrain` in this process or as a subprocess."""
+reused through `run_prepare`'s cache), and running `bert pretrain` in this process or as a subprocess, with
+the fault-injection and audit hooks of tests/faults.py."""
 
 from __future__ import annotations
 
@@ -73,22 +74,39 @@ def reset_accelerate() -> None:
     PartialState._reset_state()
 
 
-def pretrain_here(cache_dir: Path, run_dir: Path, *extra: str) -> dict:
+def pretrain_here(
+    cache_dir: Path, run_dir: Path, *extra: str, faults: tuple[str, ...] = (), record_ids: bool = False
+) -> dict:
+    """`pretrain` in this process; `faults` as in tests/faults.py, `record_ids` writes the data order."""
     from bert.pretrain import pretrain
+    from tests.faults import hooks
 
     reset_accelerate()
     torch.set_num_threads(1)
     try:
-        return pretrain(tiny_config(cache_dir, run_dir, *extra))
+        return pretrain(
+            tiny_config(cache_dir, run_dir, *extra), hooks(faults, run_dir if record_ids else None)
+        )
     finally:
         reset_accelerate()
 
 
-def run_cli(cache_dir: Path, run_dir: Path, *extra: str, nproc: int = 1, timeout: int = 180):
-    """`bert pretrain` in a subprocess (torchrun with gloo when nproc > 1); returns the CompletedProcess."""
+def run_cli(
+    cache_dir: Path,
+    run_dir: Path,
+    *extra: str,
+    faults: tuple[str, ...] = (),
+    record_ids: bool = False,
+    nproc: int = 1,
+    timeout: int = 180,
+):
+    """`bert pretrain` through the CLI in a subprocess (torchrun with gloo when nproc > 1), with the test
+    hooks (tests/pretrain_runner.py); returns the CompletedProcess."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # as in this process (see set_num_threads above)
     env.pop("RANK", None)
-    args = ["-m", "bert.cli", "pretrain", *tiny_overrides(cache_dir, run_dir, *extra)]
+    flags = [f"--fault={spec}" for spec in faults] + (["--record-ids"] if record_ids else [])
+    runner = str(REPO / "tests" / "pretrain_runner.py")
+    args = [runner, *flags, "--", *tiny_overrides(cache_dir, run_dir, *extra)]
     if nproc > 1:
         cmd = [
             sys.executable,
@@ -100,8 +118,7 @@ def run_cli(cache_dir: Path, run_dir: Path, *extra: str, nproc: int = 1, timeout
             "c10d",
             "--rdzv_endpoint",
             "localhost:0",
-            "--module",
-            *args[1:],
+            *args,
         ]
     else:
         cmd = [sys.executable, *args]

@@ -1,20 +1,31 @@
-"""Checkpoint folders: completion marker, truncated files, keep-last pruning, compatibility (bert/checkpoint.py)."""
+"""bert/checkpoint.py and bert/fs.py on their own: states without pickle, the marker's sizes and hashes,
+which folder is chosen, pruning, stale temp folders, the run lock, compatibility messages."""
+
+from __future__ import annotations
 
 import json
+import pickle
+import random
 
+import numpy as np
 import pytest
+import torch
 
 from bert import checkpoint as ckpt
+from bert import fs
 from bert.errors import UserError
 
 
 def _write(run, step, payload=b"weights" * 100):
-    temp, final = ckpt.temp_folder(run, step), ckpt.step_folder(run, step)
-    temp.mkdir(parents=True)
-    (temp / "model.safetensors").write_bytes(payload)
-    (temp / "random_states_0.pkl").write_bytes(b"rng")
-    ckpt.finalize(temp, final, {"step": step})
-    return final
+    """A minimal complete checkpoint folder (the files the marker covers; contents are not loaded here)."""
+    folder = ckpt.step_folder(run, step)
+    folder.mkdir(parents=True)
+    (folder / ckpt.MODEL).write_bytes(payload)
+    (folder / ckpt.rng_file(0)).write_bytes(b"rng")
+    meta = {"step": step, "data": {}, "counters": {}, "run_id": "x", "config": {}}
+    (folder / ckpt.META).write_text(json.dumps(meta))
+    ckpt.write_marker(folder)
+    return folder
 
 
 def test_latest_complete_checkpoint_is_chosen(tmp_path):
@@ -22,7 +33,6 @@ def test_latest_complete_checkpoint_is_chosen(tmp_path):
     _write(tmp_path, 4)
     assert ckpt.latest_checkpoint(tmp_path) == ckpt.step_folder(tmp_path, 4)
     assert ckpt.read_meta(ckpt.step_folder(tmp_path, 4))["step"] == 4
-    assert not ckpt.temp_folder(tmp_path, 4).exists()
 
 
 def test_folder_without_marker_is_ignored(tmp_path):
@@ -35,12 +45,12 @@ def test_folder_without_marker_is_ignored(tmp_path):
 def test_truncated_file_is_ignored(tmp_path):
     _write(tmp_path, 2)
     newer = _write(tmp_path, 4)
-    data = (newer / "model.safetensors").read_bytes()
-    (newer / "model.safetensors").write_bytes(data[: len(data) // 2])
+    data = (newer / ckpt.MODEL).read_bytes()
+    (newer / ckpt.MODEL).write_bytes(data[: len(data) // 2])
     assert ckpt.latest_checkpoint(tmp_path) == ckpt.step_folder(tmp_path, 2)
 
 
-def test_corrupt_marker_or_meta_is_ignored(tmp_path):
+def test_corrupt_marker_is_ignored(tmp_path):
     _write(tmp_path, 2)
     newer = _write(tmp_path, 4)
     (newer / ckpt.MARKER).write_text("{not json")
@@ -49,22 +59,150 @@ def test_corrupt_marker_or_meta_is_ignored(tmp_path):
 
 def test_temp_folder_is_never_chosen(tmp_path):
     _write(tmp_path, 2)
-    temp = ckpt.temp_folder(tmp_path, 6)
+    temp = tmp_path / ckpt.CHECKPOINTS / f"{fs.TEMP_PREFIX}step_0000006-123-abc"
     temp.mkdir()
     (temp / ckpt.META).write_text(json.dumps({"step": 6}))
     assert ckpt.latest_checkpoint(tmp_path) == ckpt.step_folder(tmp_path, 2)
 
 
-def test_prune_keeps_the_newest_complete_ones(tmp_path):
-    for step in (2, 4, 6):
+def test_verify_finds_a_same_size_flip_and_names_the_file(tmp_path):
+    folder = _write(tmp_path, 2)
+    assert ckpt.verify(folder) is None
+    data = bytearray((folder / ckpt.MODEL).read_bytes())
+    data[10] ^= 0xFF  # one byte, same size: the cheap check still passes
+    (folder / ckpt.MODEL).write_bytes(bytes(data))
+    assert ckpt.is_complete(folder)
+    assert ckpt.verify(folder) == f"{ckpt.MODEL}: content differs from its hash (damaged)"
+
+
+def test_verify_requires_what_a_resume_reads_from_meta(tmp_path):
+    folder = _write(tmp_path, 2)
+    meta = ckpt.read_meta(folder)
+    del meta["data"]
+    (folder / ckpt.META).write_text(json.dumps(meta))
+    ckpt.write_marker(folder)  # hashes match: only the content is short
+    assert ckpt.verify(folder) == f"{ckpt.META}: no data"
+
+
+def test_prune_keeps_the_newest_and_never_the_one_just_saved(tmp_path):
+    for step in (2, 4, 6, 8):
         _write(tmp_path, step)
-    broken = _write(tmp_path, 8)
-    (broken / ckpt.MARKER).unlink()  # incomplete: does not count, and is not a reason to delete a good one
-    ckpt.temp_folder(tmp_path, 10).mkdir()
-    deleted = ckpt.prune(tmp_path, keep_last=2)
-    assert ckpt.list_checkpoints(tmp_path) == [ckpt.step_folder(tmp_path, 4), ckpt.step_folder(tmp_path, 6)]
-    assert ckpt.step_folder(tmp_path, 2) in deleted
-    assert not ckpt.temp_folder(tmp_path, 10).exists()
+
+    class Main:
+        is_main_process = True
+
+    checkpointer = ckpt.Checkpointer(tmp_path, Main(), "token", keep_last=2)
+    deleted = checkpointer.prune(keep=ckpt.step_folder(tmp_path, 8))
+    assert ckpt.list_checkpoints(tmp_path) == [ckpt.step_folder(tmp_path, 6), ckpt.step_folder(tmp_path, 8)]
+    assert set(deleted) == {ckpt.step_folder(tmp_path, 2), ckpt.step_folder(tmp_path, 4)}
+    # Pruning by step number must not delete the checkpoint just written, even when it ranks lowest.
+    _write(tmp_path, 1)
+    checkpointer.prune(keep=ckpt.step_folder(tmp_path, 1))
+    assert ckpt.step_folder(tmp_path, 1) in ckpt.list_checkpoints(tmp_path)
+    assert not list((tmp_path / ckpt.CHECKPOINTS).glob(f"{fs.TEMP_PREFIX}*"))  # deleted by rename, then gone
+
+
+def test_clean_removes_dead_writers_folders_and_partial_step_folders_only(tmp_path):
+    good = _write(tmp_path, 2)
+    partial = ckpt.step_folder(tmp_path, 4)  # e.g. killed while pruning: files, no valid marker
+    partial.mkdir()
+    (partial / ckpt.MODEL).write_bytes(b"half")
+    root = tmp_path / ckpt.CHECKPOINTS
+    dead = root / f"{fs.TEMP_PREFIX}step_0000006-1-dead"
+    dead.mkdir()
+    (dead / ".owner").touch()  # its writer is gone: nobody holds the lock
+    live = root / f"{fs.TEMP_PREFIX}step_0000006-2-live"
+    live.mkdir()
+
+    class Main:
+        is_main_process = True
+
+    with fs.owner_lock(live):  # a live writer
+        removed = ckpt.Checkpointer(tmp_path, Main(), "t").clean()
+        assert live.exists()
+    assert set(removed) == {partial, dead}
+    assert good.exists() and not partial.exists() and not dead.exists()
+
+
+def test_optimizer_state_round_trips_without_pickle(tmp_path):
+    model = torch.nn.Linear(4, 3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.98), fused=True)
+    model(torch.randn(2, 4)).sum().backward()
+    optimizer.step()
+    ckpt.save_state_tree(optimizer.state_dict(), tmp_path / "o.safetensors", tmp_path / "o.json")
+    assert b"\x80" not in (tmp_path / "o.json").read_bytes()[:2]  # JSON, not a pickle stream
+    restored = torch.optim.AdamW(model.parameters(), lr=5.0, fused=True)
+    restored.load_state_dict(ckpt.load_state_tree(tmp_path / "o.safetensors", tmp_path / "o.json"))
+    a, b = optimizer.state_dict(), restored.state_dict()
+    assert a["param_groups"] == b["param_groups"] and a["param_groups"][0]["betas"] == (0.9, 0.98)
+    for key in a["state"]:
+        for name, value in a["state"][key].items():
+            assert torch.equal(value, b["state"][key][name]), name
+
+
+def test_rng_states_round_trip_and_a_damaged_file_is_an_error(tmp_path):
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    ckpt.save_rng(tmp_path / "rng.safetensors")
+    expected = (random.random(), np.random.rand(), torch.rand(()).item())
+    random.seed(9)
+    np.random.seed(9)
+    torch.manual_seed(9)
+    ckpt.load_rng(tmp_path / "rng.safetensors")
+    assert (random.random(), np.random.rand(), torch.rand(()).item()) == expected
+    (tmp_path / "bad.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
+    with pytest.raises(ckpt.CheckpointError, match="bad.safetensors: the RNG states cannot be restored"):
+        ckpt.load_rng(tmp_path / "bad.safetensors")
+
+
+class _Payload:
+    """Unpickling this writes a file: the proof that code ran."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('ran')",))
+
+
+def test_no_state_reader_unpickles(tmp_path):
+    marker = tmp_path / "ran"
+    payload = pickle.dumps(_Payload(marker))
+    pickle.loads(payload)  # negative control: the payload does run when unpickled
+    assert marker.exists()
+    marker.unlink()
+    for name in ("o.json", "o.safetensors", "rng.safetensors"):
+        (tmp_path / name).write_bytes(payload)
+    with pytest.raises(ckpt.CheckpointError):
+        ckpt.load_state_tree(tmp_path / "o.safetensors", tmp_path / "o.json")
+    (tmp_path / "o.json").write_text("{}")
+    with pytest.raises(ckpt.CheckpointError):
+        ckpt.load_state_tree(tmp_path / "o.safetensors", tmp_path / "o.json")
+    with pytest.raises(ckpt.CheckpointError):
+        ckpt.load_rng(tmp_path / "rng.safetensors")
+    assert not marker.exists()
+
+
+def test_run_lock_refuses_a_second_holder_with_one_line(tmp_path):
+    with fs.RunLock(tmp_path):
+        with pytest.raises(UserError) as err:
+            fs.RunLock(tmp_path).acquire()
+        message = str(err.value)
+        assert "in use by another run" in message and '"pid"' in message and "\n" not in message
+    fs.RunLock(tmp_path).acquire().release()  # released on exit: free again
+
+
+def test_atomic_folder_replaces_whole_or_not_at_all(tmp_path):
+    final = tmp_path / "out"
+    with fs.atomic_folder(final) as temp:
+        (temp / "a").write_text("1")
+    assert (final / "a").read_text() == "1" and not (final / ".owner").exists()
+    with pytest.raises(RuntimeError), fs.atomic_folder(final) as temp:
+        (temp / "a").write_text("2")
+        raise RuntimeError("crash half-way")
+    assert (final / "a").read_text() == "1"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temp left behind
 
 
 def test_incompatible_config_names_the_differing_keys(tmp_path):

@@ -1,5 +1,7 @@
 """MLM masking and the collator: counts, 80/10/10, specials, whole words, determinism, batch contract."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -120,23 +122,21 @@ def test_collator_batch_contract():
     batch = collator(examples)
     longest = max(len(e["input_ids"]) for e in examples)
     width = -(-longest // 8) * 8
-    assert (
-        batch["input_ids"].shape
-        == batch["token_type_ids"].shape
-        == batch["attention_mask"].shape
-        == (5, width)
-    )
-    assert all(v.dtype == torch.long for v in batch.values())
-    assert batch["attention_mask"].sum(1).tolist() == [len(e["input_ids"]) for e in examples]
-    assert (batch["input_ids"][batch["attention_mask"] == 0] == 0).all()
-    assert batch["masked_lm_positions"].shape == batch["masked_lm_labels"].shape
-    assert batch["next_sentence_label"].tolist() == [0, 1, 0, 1, 0]
+    assert batch.input_ids.shape == batch.token_type_ids.shape == batch.attention_mask.shape == (5, width)
+    tensors = [
+        getattr(batch, f.name) for f in dataclasses.fields(batch) if getattr(batch, f.name) is not None
+    ]
+    assert len(tensors) == 6 and all(v.dtype == torch.long for v in tensors)
+    assert batch.attention_mask.sum(1).tolist() == [len(e["input_ids"]) for e in examples]
+    assert (batch.input_ids[batch.attention_mask == 0] == 0).all()
+    assert batch.masked_lm_positions.shape == batch.masked_lm_labels.shape
+    assert batch.next_sentence_label.tolist() == [0, 1, 0, 1, 0]
     again = collator(examples)
-    assert torch.equal(again["input_ids"], batch["input_ids"])
+    assert torch.equal(again.input_ids, batch.input_ids)
     collator.set_epoch(1)
-    assert not torch.equal(collator(examples)["masked_lm_positions"], batch["masked_lm_positions"])
+    assert not torch.equal(collator(examples).masked_lm_positions, batch.masked_lm_positions)
     with_epoch = [{**e, "epoch": 0} for e in examples]
-    assert torch.equal(collator(with_epoch)["input_ids"], batch["input_ids"])  # the example's epoch wins
+    assert torch.equal(collator(with_epoch).input_ids, batch.input_ids)  # the example's epoch wins
 
 
 def test_collator_static_and_mlm_only():
@@ -157,7 +157,7 @@ def test_collator_static_and_mlm_only():
         },
     ]
     batch = PretrainingCollator(spec(), pad_id=0, static_masking=True, pad_to_multiple_of=None)(examples)
-    assert "next_sentence_label" not in batch
-    assert batch["input_ids"].tolist() == [[2, 9, 4, 3, 0], [2, 4, 10, 4, 3]]
-    assert batch["masked_lm_positions"].tolist() == [[2, 0], [1, 3]]
-    assert batch["masked_lm_labels"].tolist() == [[7, -100], [8, 11]]
+    assert batch.next_sentence_label is None
+    assert batch.input_ids.tolist() == [[2, 9, 4, 3, 0], [2, 4, 10, 4, 3]]
+    assert batch.masked_lm_positions.tolist() == [[2, 0], [1, 3]]
+    assert batch.masked_lm_labels.tolist() == [[7, -100], [8, 11]]

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from bert.batch import PretrainingBatch
 from bert.config import DataConfig, PretrainConfig
 from bert.data.collator import build_collator
-from bert.data.prepare import COMPLETE_MARKER, load_prepared, run_prepare
+from bert.data.prepare import load_prepared, run_prepare
+from bert.data.prepared import COMPLETE_MARKER
 from bert.errors import UserError
 
 
@@ -60,15 +62,9 @@ def test_collator_on_prepared(prepared):
     splits, _ = load_prepared(folder)
     collator = build_collator(folder, DataConfig(), seed=0)
     batch = collator([splits["train"][i] for i in range(8)])
-    assert set(batch) == {
-        "input_ids",
-        "token_type_ids",
-        "attention_mask",
-        "masked_lm_positions",
-        "masked_lm_labels",
-        "next_sentence_label",
-    }
-    assert batch["input_ids"].shape[1] % 8 == 0
+    assert all(getattr(batch, name) is not None for name in PretrainingBatch.MODEL_INPUTS)
+    assert batch.next_sentence_label.shape == (8,) and batch.example_ids is None  # no epoch: no ids
+    assert batch.input_ids.shape[1] % 8 == 0
 
 
 def test_cache_reused_and_rebuilt_on_change(prepared, capsys):
@@ -121,7 +117,7 @@ def test_static_masking_and_mlm_only(tmp_path):
     )  # masks are applied in input_ids
     assert meta["static_masking"] is True
     batch = build_collator(folder, DataConfig(), seed=0)([splits["train"][i] for i in range(4)])
-    assert batch["masked_lm_labels"][0, : len(row["masked_lm_labels"])].tolist() == row["masked_lm_labels"]
+    assert batch.masked_lm_labels[0, : len(row["masked_lm_labels"])].tolist() == row["masked_lm_labels"]
 
 
 def test_existing_tokenizer_and_text_corpus(tmp_path):
@@ -158,7 +154,7 @@ def test_prepare_errors(tmp_path):
 
 def test_cli_prepare_and_inspect(prepared, tmp_path, capsys):
     from bert.cli import main
-    from bert.data.inspect import run_inspect
+    from bert.data.show import run_inspect
 
     folder, _ = prepared
     args = argparse.Namespace(path=str(folder), split="train", num=2, start=0, batch=0, seed=0, png=None)

@@ -12,17 +12,20 @@ import pytest
 from bert.cli import main
 from bert.config import FinetuneConfig, TaskConfig, load_config
 from bert.errors import UserError
-from bert.finetune import (
-    Collator,
-    LengthGroupedBatchSampler,
-    encode_split,
-    evaluate_saved,
-    finetune,
-    load_tokenizer,
-)
+from bert.finetune import evaluate_saved, finetune
+from bert.finetune.data import LengthGroupedBatchSampler, PairCollator, encode_split
 from bert.tasks import PairExamples
+from bert.tokenizer import load_tokenizer as _load
+from bert.tokenizer import pair_tokenizer, tokenizer_folder
 
 WORDS = [f"w{i}" for i in range(24)]
+
+
+def load_tokenizer(model_path, max_length):
+    """The tokenizer fine-tuning uses for a model folder."""
+    return pair_tokenizer(_load(tokenizer_folder(model_path)), max_length)
+
+
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
@@ -161,14 +164,14 @@ def test_length_grouped_batches_cover_every_row_once_and_are_seeded():
 
 
 def test_collator_pads_with_the_tokenizer_pad_id_and_masks_padding():
-    collate = Collator(pad_token_id=7, regression=False, pad_to_multiple_of=4)
+    collate = PairCollator(pad_token_id=7, regression=False, pad_to_multiple_of=4)
     batch = collate(
         [(3, np.array([2, 10, 3]), np.array([0, 0, 1]), 1), (5, np.array([2, 3]), np.array([0, 0]), 0)]
     )
-    assert batch["input_ids"].tolist() == [[2, 10, 3, 7], [2, 3, 7, 7]]
-    assert batch["attention_mask"].tolist() == [[1, 1, 1, 0], [1, 1, 0, 0]]
-    assert batch["token_type_ids"].tolist() == [[0, 0, 1, 0], [0, 0, 0, 0]]
-    assert batch["labels"].tolist() == [1, 0] and batch["index"].tolist() == [3, 5]
+    assert batch.input_ids.tolist() == [[2, 10, 3, 7], [2, 3, 7, 7]]
+    assert batch.attention_mask.tolist() == [[1, 1, 1, 0], [1, 1, 0, 0]]
+    assert batch.token_type_ids.tolist() == [[0, 0, 1, 0], [0, 0, 0, 0]]
+    assert batch.labels.tolist() == [1, 0] and batch.index.tolist() == [3, 5]
 
 
 # -------------------------------------------------------------------------------------------- end to end
@@ -234,6 +237,7 @@ def test_regression_task_writes_scores(tiny):
         f"model_path={model}", "task.name=stsb", f"task.train_file={root / 'sts.tsv'}",
         f"task.validation_file={root / 'sts.tsv'}", f"task.test_file={root / 'sts_test.tsv'}",
         f"train.output_dir={root / 'sts'}", "train.epochs=1", "train.cache_dir=null", "logging.trackers=[]",
+        "train.max_length=64",
     ])  # fmt: skip
     summary = finetune(cfg)
     assert set(summary["seeds"][0]["dev"]["dev"]) == {"pearson", "spearman"}
@@ -248,7 +252,13 @@ def test_model_folder_without_tokenizer_is_one_clear_line(tmp_path, capsys):
     model = make_tiny_model(tmp_path / "bare", with_tokenizer=False)
     (tmp_path / "train.tsv").write_text("sentence1\tsentence2\tlabel\na\tb\t0\n")
     code = main(
-        ["finetune", f"model_path={model}", f"task.train_file={tmp_path / 'train.tsv'}", "task.name=x"]
+        [
+            "finetune",
+            f"model_path={model}",
+            f"task.train_file={tmp_path / 'train.tsv'}",
+            "task.name=x",
+            "train.max_length=64",
+        ]
     )
     err = capsys.readouterr().err.strip()
     assert (

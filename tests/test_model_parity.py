@@ -1,4 +1,5 @@
-"""Parity with transformers: copied random weights, every attention path, several configs and paddings."""
+"""Parity with transformers: copied random weights, every attention path, several configs and paddings, for
+the reference model and for the fast paths."""
 
 from __future__ import annotations
 
@@ -6,11 +7,20 @@ import pytest
 import torch
 import transformers
 
-import bert.model.projection as projection
+import bert.model.fast.mlm as fast_mlm
+from bert.batch import PretrainingBatch
 from bert.bench import hf_mlm_labels
-from bert.losses import mlm_loss, nsp_loss
+from bert.losses import mlm_loss, nsp_loss, pretraining_loss
 from bert.model.modeling import BertForPreTraining, BertForSequenceClassification, BertModel
-from tests.model_helpers import hf_twin, make_batch, masked_positions, tiny_config
+from tests.model_helpers import (
+    VARIANTS,
+    as_variant,
+    cross_entropy_of,
+    hf_twin,
+    make_batch,
+    masked_positions,
+    tiny_config,
+)
 
 PATHS = ["eager", "sdpa", "unpadded"]
 PADDINGS = {
@@ -31,14 +41,16 @@ CONFIGS = {
 }
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("padding", PADDINGS)
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("config_name", CONFIGS)
-def test_hidden_states_and_pooler_match_hf(config_name, path, padding):
+def test_hidden_states_and_pooler_match_hf(config_name, path, padding, variant):
     torch.manual_seed(0)
     config = tiny_config(attn_implementation=path, **CONFIGS[config_name])
     model = BertModel(config).eval()
     ref = hf_twin(model, transformers.BertModel)
+    model = as_variant(model, variant)
     lengths = PADDINGS[padding]
     batch = make_batch(lengths, 16, config.vocab_size)
     with torch.no_grad():
@@ -56,12 +68,14 @@ def test_hidden_states_and_pooler_match_hf(config_name, path, padding):
     assert torch.isfinite(ours.last_hidden_state).all() and torch.isfinite(ours.pooler_output).all()
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("path", PATHS)
-def test_pretraining_logits_and_losses_match_hf(path):
+def test_pretraining_logits_and_losses_match_hf(path, variant):
     torch.manual_seed(1)
     config = tiny_config(attn_implementation=path)
     model = BertForPreTraining(config).eval()
     ref = hf_twin(model)
+    model = as_variant(model, variant)
     lengths = [16, 11, 4]  # row 2: 3 masked tokens and a padding slot
     batch = make_batch(lengths, 16, config.vocab_size)
     positions, used = masked_positions(lengths, 4)
@@ -76,7 +90,7 @@ def test_pretraining_logits_and_losses_match_hf(path):
     torch.testing.assert_close(
         ours.prediction_logits[used], theirs.prediction_logits[rows[used], positions[used]], atol=1e-5, rtol=0
     )
-    assert (~used).any() and (ours.prediction_logits[~used] == 0).all()  # padding slots are skipped
+    assert (~used).any() and (ours.prediction_logits[~used] == 0).all()  # padding slots: logits 0
     real = batch["attention_mask"].bool()
     torch.testing.assert_close(
         full.prediction_logits[real], theirs.prediction_logits[real], atol=1e-5, rtol=0
@@ -88,29 +102,35 @@ def test_pretraining_logits_and_losses_match_hf(path):
     hf_labels = hf_mlm_labels(batch["input_ids"], positions, labels)
     with torch.no_grad():
         hf_loss = ref(**batch, labels=hf_labels, next_sentence_label=nsp).loss
-    ours_loss = mlm_loss(ours.prediction_logits, labels) + nsp_loss(ours.seq_relationship_logits, nsp)
+    ce = cross_entropy_of(variant)
+    ours_loss = mlm_loss(ours.prediction_logits, labels, cross_entropy=ce) + nsp_loss(
+        ours.seq_relationship_logits, nsp
+    )
     torch.testing.assert_close(ours_loss, hf_loss, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("slice_rows", [2048, 16])
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("path", PATHS)
-def test_gradients_of_one_step_match_hf(path, slice_rows, monkeypatch):
-    """Every parameter's gradient, the tied word embeddings included: ours routes the decoder's and the
-    lookup's shares through one autograd edge, and runs the decoder over vocabulary slices (16 rows: 99 =
-    6 x 16 + 3); transformers uses the matrix twice. A [PAD] id inside a real row gets no lookup gradient."""
-    monkeypatch.setattr(projection, "SLICE_ROWS", slice_rows)
+def test_gradients_of_one_step_match_hf(path, variant):
+    """Every parameter's gradient, the tied word embeddings included (the fast path routes the decoder's
+    and the lookup's shares through one autograd edge; transformers uses the matrix twice). A [PAD] id
+    inside a real row gets no lookup gradient."""
     torch.manual_seed(2)
     config = tiny_config(attn_implementation=path)
     model = BertForPreTraining(config).train()
     ref = hf_twin(model).train()
+    model = as_variant(model, variant)
     lengths = [16, 10, 4]
     batch = make_batch(lengths, 16, config.vocab_size)
     batch["input_ids"][0, 5] = config.pad_token_id
     positions, used = masked_positions(lengths, 3)
     labels = torch.where(used, torch.randint(0, config.vocab_size, used.shape), -100)
     nsp = torch.tensor([1, 0, 1])
-    out = model(**batch, masked_lm_positions=positions)
-    (mlm_loss(out.prediction_logits, labels) + nsp_loss(out.seq_relationship_logits, nsp)).backward()
+    ours = PretrainingBatch(
+        **batch, masked_lm_positions=positions, masked_lm_labels=labels, next_sentence_label=nsp
+    )
+    out = model(**ours.model_inputs())
+    pretraining_loss(out, ours, cross_entropy=cross_entropy_of(variant)).loss.backward()
     hf_labels = hf_mlm_labels(batch["input_ids"], positions, labels)
     ref(**batch, labels=hf_labels, next_sentence_label=nsp).loss.backward()
     assert model.bert.embeddings.word_embeddings.weight.grad.layout == torch.strided
@@ -119,12 +139,20 @@ def test_gradients_of_one_step_match_hf(path, slice_rows, monkeypatch):
         torch.testing.assert_close(param.grad, theirs[name].grad, atol=1e-5, rtol=1e-4, msg=name)
 
 
+def test_gradients_match_hf_with_small_vocabulary_slices(monkeypatch):
+    """The fast decoder over slices of 16 rows (99 = 6 x 16 + 3) still gives every gradient."""
+    monkeypatch.setattr(fast_mlm, "SLICE_ROWS", 16)
+    test_gradients_of_one_step_match_hf("unpadded", "fast")
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("num_labels", [3, 1])
-def test_sequence_classification_matches_hf(num_labels):
+def test_sequence_classification_matches_hf(num_labels, variant):
     torch.manual_seed(3)
     config = tiny_config(num_labels=num_labels, attn_implementation="unpadded")
     model = BertForSequenceClassification(config).eval()
     ref = hf_twin(model, transformers.BertForSequenceClassification)
+    model = as_variant(model, variant)
     batch = make_batch([16, 5], 16, config.vocab_size)
     with torch.no_grad():
         ours = model(**batch).logits

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from bert.config import OptimizerConfig
-from bert.optim import Lamb, build_optimizer, build_scheduler, lr_multiplier, param_groups
+from bert.optim import Lamb, Schedule, apply_hyperparameters, build_optimizer, lr_multiplier, param_groups
 
 
 class Tiny(nn.Module):
@@ -71,6 +71,9 @@ def test_fused_adamw_is_the_default_and_matches_the_unfused_one():
         ("linear", 100, 0.0),
         ("polynomial", 55, 0.5**2),  # power 2
         ("constant", 80, 1.0),
+        ("wsd", 79, 1.0),  # stable until the last 20% (decay_ratio 0.2)
+        ("wsd", 90, 0.5),  # halfway through the decay from step 80 to 100
+        ("wsd", 100, 0.0),
     ],
 )
 def test_lr_schedule_values(schedule, step, expected):
@@ -84,17 +87,31 @@ def test_warmup_ratio_and_floor():
     assert lr_multiplier(200, cfg, 200) == pytest.approx(0.1)
 
 
-def test_scheduler_applies_the_multiplier_per_step():
+def test_schedule_sets_the_lr_of_each_step_on_every_group():
     model = Tiny()
     cfg = OptimizerConfig(lr=1e-3, warmup_steps=4, schedule="linear")
     opt = build_optimizer(model, cfg)
-    sched = build_scheduler(opt, cfg, total_steps=8)
+    schedule = Schedule(cfg, total_steps=8)
     lrs = []
-    for _ in range(8):
-        lrs.append(opt.param_groups[0]["lr"])
+    for step in range(8):
+        lrs.append(schedule.apply(opt, step))
+        assert all(group["lr"] == lrs[-1] for group in opt.param_groups)
         opt.step()
-        sched.step()
     assert lrs == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 7.5e-4, 5e-4, 2.5e-4])
+    # A pure function of the step: a resumed run computes the same lr without any saved state.
+    assert Schedule(cfg, total_steps=8).lr(5) == pytest.approx(7.5e-4)
+
+
+def test_apply_hyperparameters_makes_the_current_config_win_over_a_loaded_state():
+    model = Tiny()
+    old = build_optimizer(model, OptimizerConfig(weight_decay=0.01, betas=(0.9, 0.999), eps=1e-6))
+    new_cfg = OptimizerConfig(weight_decay=0.1, betas=(0.8, 0.99), eps=1e-8)
+    new = build_optimizer(model, new_cfg)
+    new.load_state_dict(old.state_dict())
+    assert new.param_groups[0]["weight_decay"] == 0.01  # what load_state_dict restored
+    apply_hyperparameters(new, new_cfg)
+    assert [g["weight_decay"] for g in new.param_groups] == [0.1, 0.0]
+    assert all(g["betas"] == (0.8, 0.99) and g["eps"] == 1e-8 for g in new.param_groups)
 
 
 def test_lamb_step_matches_the_formula():

@@ -57,10 +57,8 @@ def test_gradient_accumulation_equals_one_big_batch(cache, tmp_path):
 
 
 def test_two_processes_equal_one(cache, tmp_path):
-    pretrain_here(cache, tmp_path / "one", *NO_DROPOUT, "train.batch_size=8", "train.record_example_ids=true")
-    result = run_cli(
-        cache, tmp_path / "two", *NO_DROPOUT, "train.batch_size=4", "train.record_example_ids=true", nproc=2
-    )
+    pretrain_here(cache, tmp_path / "one", *NO_DROPOUT, "train.batch_size=8", record_ids=True)
+    result = run_cli(cache, tmp_path / "two", *NO_DROPOUT, "train.batch_size=4", record_ids=True, nproc=2)
     assert result.returncode == 0, result.stderr[-3000:]
     one, two = train_losses(tmp_path / "one"), train_losses(tmp_path / "two")
     assert len(two) == 6
@@ -75,7 +73,7 @@ def test_two_processes_equal_one(cache, tmp_path):
         assert len(ids0) == len(ids1) == 4 and not ids0 & ids1
         assert a["examples"] + b["examples"] == ref["examples"]
     # both ranks wrote their RNG state into the same checkpoint
-    assert (ckpt.step_folder(tmp_path / "two", 6) / "random_states_1.pkl").is_file()
+    assert (ckpt.step_folder(tmp_path / "two", 6) / ckpt.rng_file(1)).is_file()
 
 
 def test_export_loads_in_transformers(cache, tmp_path):
@@ -97,7 +95,7 @@ def test_export_loads_in_transformers(cache, tmp_path):
 
 def test_nan_gradients_skip_the_step(cache, tmp_path):
     run = tmp_path / "run"
-    result = pretrain_here(cache, run, "train.debug_nan_at_step=3", "train.max_steps=4", "train.save_every=0")
+    result = pretrain_here(cache, run, "train.max_steps=4", "train.save_every=0", faults=("nan@3",))
     assert result["step"] == 4
     logs = [m for m in metrics(run) if "train/skipped_steps" in m]
     assert [m["train/skipped_steps"] for m in logs] == [0, 0, 1, 1]
@@ -109,7 +107,7 @@ def test_nan_gradients_skip_the_step(cache, tmp_path):
 def test_nan_guard_stops_after_too_many(cache, tmp_path):
     run = tmp_path / "run"
     with pytest.raises(UserError, match="consecutive steps had a non-finite"):
-        pretrain_here(cache, run, "train.debug_nan_at_step=3", "train.max_nonfinite_steps=1")
+        pretrain_here(cache, run, "train.max_nonfinite_steps=1", faults=("nan@3",))
     # the healthy checkpoint of step 2 is still there, and nothing later was saved
     assert ckpt.latest_checkpoint(run) == ckpt.step_folder(run, 2)
 

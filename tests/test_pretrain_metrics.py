@@ -1,12 +1,12 @@
-"""Pretraining eval metrics on a hand-made batch, and the data sampler's sharding (bert/metrics.py, bert/dist.py)."""
+"""Pretraining eval metrics on a hand-made batch, and the data sampler's sharding (bert/metrics.py, bert/sampler.py)."""
 
 import math
 
 import pytest
 import torch
 
-from bert.dist import ShardedBatchSampler
 from bert.metrics import MetricTotals, example_stats
+from bert.sampler import ShardedBatchSampler
 
 
 def test_eval_metrics_on_a_hand_made_batch():

@@ -8,8 +8,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pretrain_utils import prepare_tiny, pretrain_here  # noqa: E402
 
-from bert.config import LoggingConfig, PretrainConfig
-from bert.tracking import hparams, new_run_id, tracker_setup, wandb_mode
+from bert import tracking  # noqa: E402
+from bert.config import LoggingConfig, PretrainConfig  # noqa: E402
+from bert.tracking import MetricsFile, hparams, new_run_id, tracker_setup, wandb_mode  # noqa: E402
 
 
 def test_wandb_offline_without_a_key_online_with_one(monkeypatch, tmp_path):
@@ -17,6 +18,7 @@ def test_wandb_offline_without_a_key_online_with_one(monkeypatch, tmp_path):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
     monkeypatch.setenv("NETRC", str(tmp_path / "none"))
+    monkeypatch.setattr(tracking, "wandb_reachable", lambda timeout=3.0: True)
     cfg = LoggingConfig(trackers=["wandb"])
     assert wandb_mode(cfg) == "offline"
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
@@ -37,12 +39,53 @@ def test_resumed_run_keeps_its_id(monkeypatch, tmp_path):
     assert kwargs["wandb"]["id"] == run_id and kwargs["wandb"]["resume"] == "allow"
 
 
-def test_hparams_are_flat_scalars_without_secrets(monkeypatch):
-    monkeypatch.setenv("WANDB_API_KEY", "secret-value-123")
+def test_hparams_are_flat_scalars_and_every_config_key_reaches_the_dashboard():
     flat = hparams(PretrainConfig())
     assert flat["train.max_steps"] == 1000 and isinstance(flat["data.corpus"], str)
     assert all(isinstance(v, (int, float, str, bool)) for v in flat.values())
-    assert "secret-value-123" not in repr(flat)
+    # Names that merely contain "token" or "key" are not secrets.
+    assert "model.pad_token_id" in flat and "data.tokenizer" in flat
+    assert len(flat) == len(tracking.flatten(tracking.to_dict(PretrainConfig())))
+
+
+def test_secret_named_keys_never_reach_the_dashboard():
+    config = {
+        "logging": {"api_key": "s3cret-1", "wandb_api_key": "s3cret-2", "password": "s3cret-3"},
+        "remote": {"token": "s3cret-4", "client_secret": "s3cret-5"},
+        "model": {"pad_token_id": 0, "keyframe": 3},
+    }
+    flat = hparams(config)
+    assert "s3cret" not in repr(flat)
+    assert flat == {"model.pad_token_id": 0, "model.keyframe": 3}
+
+
+def test_an_unreachable_wandb_server_falls_back_to_offline_quickly(monkeypatch, capsys):
+    import socket
+    import time
+
+    with socket.socket() as probe:  # a loopback port that nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
+    started = time.monotonic()
+    assert wandb_mode(LoggingConfig(trackers=["wandb"], wandb_mode="online")) == "offline"
+    assert time.monotonic() - started < 5
+    warning = capsys.readouterr().err
+    assert warning.count("\n") == 1 and "cannot be reached" in warning
+
+
+def test_metrics_file_is_cut_back_to_what_a_checkpoint_saw(tmp_path):
+    log = MetricsFile(tmp_path / "metrics.jsonl")
+    for step in (1, 2, 3, 4):
+        log.append({"step": step})
+    seen = 2  # a checkpoint of step 2 was saved after two lines
+    again = MetricsFile(tmp_path / "metrics.jsonl")
+    assert again.lines == 4
+    again.truncate(seen)
+    again.append({"step": 3})
+    assert [e["step"] for e in again.entries()] == [1, 2, 3]
 
 
 def test_a_run_writes_tensorboard_events_and_an_offline_wandb_run(monkeypatch, tmp_path):

@@ -1,10 +1,11 @@
 """The pretraining collator: prepared examples -> a padded batch of LongTensors with MLM masks.
 
-Batch (the contract in notes/COMMON.md):
+It returns a `bert.batch.PretrainingBatch` (the fields, shapes and meanings are documented there):
     input_ids, token_type_ids, attention_mask   # (B, T), T = longest row rounded up to pad_to_multiple_of
     masked_lm_positions                        # (B, P), P = most masked tokens in a row; unused slots 0
-    masked_lm_labels                           # (B, P), original ids; unused slots -100
-    next_sentence_label                        # (B,), 0 = is next, 1 = random; absent in MLM-only data
+    masked_lm_labels                           # (B, P), original ids; unused slots IGNORE_INDEX (-100)
+    next_sentence_label                        # (B,), 0 = is next, 1 = random; None in MLM-only data
+    example_ids                                # (B, 2) (epoch, id) when the examples carry their epoch
 
 attention_mask is 1 on real tokens and 0 on padding (Hugging Face polarity). Masking is dynamic by default:
 each example's mask is a pure function of (seed, epoch, example id) (see `masking.py`), so a resumed run draws
@@ -24,7 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from bert.data.masking import IGNORE_INDEX, MaskingSpec, example_seeds, mask_batch
+from bert.batch import IGNORE_INDEX, PretrainingBatch
+from bert.data.masking import MaskingSpec, example_seeds, mask_batch
 
 
 class PretrainingCollator:
@@ -59,7 +61,7 @@ class PretrainingCollator:
             out[i, : len(row)] = row
         return out
 
-    def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def __call__(self, examples: Sequence[dict[str, Any]]) -> PretrainingBatch:
         lengths = np.fromiter((len(e["input_ids"]) for e in examples), dtype=np.int64, count=len(examples))
         width = int(lengths.max())
         if self.pad_to_multiple_of:
@@ -92,17 +94,21 @@ class PretrainingCollator:
                 masked.masked_lm_labels,
             )
 
-        batch = {
-            "input_ids": torch.from_numpy(input_ids),
-            "token_type_ids": torch.from_numpy(token_type_ids),
-            "attention_mask": torch.from_numpy(attention_mask),
-            "masked_lm_positions": torch.from_numpy(positions),
-            "masked_lm_labels": torch.from_numpy(labels),
-        }
+        nsp = None
         if "next_sentence_label" in examples[0]:
-            labels_nsp = [e["next_sentence_label"] for e in examples]
-            batch["next_sentence_label"] = torch.tensor(labels_nsp, dtype=torch.long)  # (B,)
-        return batch
+            nsp = torch.tensor([e["next_sentence_label"] for e in examples], dtype=torch.long)  # (B,)
+        example_ids = None
+        if "epoch" in examples[0]:
+            example_ids = torch.tensor([[e["epoch"], e["id"]] for e in examples])  # (B, 2)
+        return PretrainingBatch(
+            input_ids=torch.from_numpy(input_ids),
+            token_type_ids=torch.from_numpy(token_type_ids),
+            attention_mask=torch.from_numpy(attention_mask),
+            masked_lm_positions=torch.from_numpy(positions),
+            masked_lm_labels=torch.from_numpy(labels),
+            next_sentence_label=nsp,
+            example_ids=example_ids,
+        )
 
 
 def build_collator(prepared_folder: str | Path, data_cfg: Any, seed: int) -> PretrainingCollator:

@@ -31,7 +31,9 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-NO_NSP_LABEL = -100
+from bert.batch import IGNORE_INDEX
+
+NO_NSP_LABEL = IGNORE_INDEX
 """next_sentence_label of an instance that carries no NSP task (a single-sentence document)."""
 IS_NEXT = 0
 """next_sentence_label when B is the real continuation of A."""

@@ -23,8 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-IGNORE_INDEX = -100
-"""Label of unused masked-position slots (ignored by cross-entropy)."""
+from bert.batch import IGNORE_INDEX  # unused masked-position slots: ignored by the losses
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)

@@ -15,15 +15,15 @@ Stages, each bounded in memory (the corpus is never held as Python lists):
 5. finish: instances are shuffled, numbered (`id`, stable) and, with static masking, masked; each split is
    written with `save_to_disk` in shards, with `tokenizer/` (Hugging Face layout) and `meta.json`.
 
-The output folder is `data.cache_dir/<key>`, the key a hash of the inputs (resolved paths, sizes, modification
-times; the tokenizer's files likewise) and of every setting that changes the result. Everything is built in a
-temporary sibling folder; the `COMPLETE` marker is written last and the folder is then renamed into place, so
-an interrupted prepare never looks finished and a complete folder with the same key is reused.
+The output folder is `data.cache_dir/<key>` (bert/data/prepared.py: the layout, the key, reading it back).
+Everything is built in a temporary sibling folder (bert.fs.atomic_folder); the `COMPLETE` marker is written
+last and the folder is then renamed into place, so an interrupted prepare never looks finished, and a
+complete folder with the same key is reused. The temp folders of prepares that died are removed by the next
+one; a live prepare's (another process's) is never touched.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -35,58 +35,24 @@ from typing import Any
 
 import numpy as np
 
+from bert import fs
 from bert.data.corpus import CorpusStats, Document, iter_documents, resolve_inputs
 from bert.data.instances import create_instances
+from bert.data.prepared import (
+    COMPLETE_MARKER,
+    FORMAT_VERSION,
+    cache_key,
+    is_complete,
+    load_prepared,
+    looks_prepared,
+    summary,
+)
 from bert.errors import UserError
 
-FORMAT_VERSION = 1
-"""Bumped when the layout of a prepared folder changes, so older folders are not reused."""
-COMPLETE_MARKER = "COMPLETE"
-"""File written last into a prepared folder."""
+__all__ = ["load_prepared", "run_prepare"]
+
 DOCS_PER_BATCH = 256
 """Documents per group in the instance stage (random B documents come from the same group)."""
-_IGNORED_SETTINGS = {"num_proc", "cache_dir", "prepared_dir"}
-"""DataConfig fields that do not change the prepared data (left out of the cache key)."""
-
-
-# --------------------------------------------------------------------------------------------- cache key
-
-
-def _settings(data_cfg: Any) -> dict[str, Any]:
-    from bert.config import to_dict
-
-    settings = {k: v for k, v in to_dict(data_cfg).items() if k not in _IGNORED_SETTINGS}
-    if settings.get("corpus") != ["synthetic"]:
-        settings.pop("synthetic", None)
-    return settings
-
-
-def _tokenizer_fingerprint(path: str | None) -> list[dict[str, Any]]:
-    if path is None:
-        return []
-    target = Path(path)
-    files = sorted(p for p in target.iterdir() if p.is_file()) if target.is_dir() else [target]
-    return [
-        {"path": str(p.resolve()), "size": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns}
-        for p in files
-        if p.exists()
-    ]
-
-
-def cache_key(data_cfg: Any, input_fingerprints: list[dict[str, Any]]) -> str:
-    """Hash of the settings and the inputs' paths, sizes and mtimes (content is not read, to stay instant)."""
-    payload = {
-        "version": FORMAT_VERSION,
-        "settings": _settings(data_cfg),
-        "inputs": input_fingerprints,
-        "tokenizer": _tokenizer_fingerprint(data_cfg.tokenizer),
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def is_complete(folder: str | Path) -> bool:
-    """Whether `folder` is a finished prepared dataset (its marker exists)."""
-    return (Path(folder) / COMPLETE_MARKER).is_file() and (Path(folder) / "meta.json").is_file()
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -381,14 +347,85 @@ def _split_counts(final: Any, data_cfg: Any) -> dict[str, Any]:
     return counts
 
 
+def _prepare_into(
+    work: Path,
+    data_cfg: Any,
+    inputs: list[Any],
+    stats: CorpusStats,
+    fingerprints: list[dict[str, Any]],
+    key: str,
+    started: float,
+    progress: bool,
+) -> dict[str, Any]:
+    """Stages 1-5 into the (temp) folder `work`; returns meta.json's content."""
+    import datasets
+
+    from bert.config import to_dict
+    from bert.tokenizer import is_lowercase, save_tokenizer, special_ids
+
+    scratch = work / "scratch"
+    scratch.mkdir()
+    alphabet: set[str] = set()
+    num_docs = _write_documents(
+        _documents(data_cfg, inputs, stats), scratch / "documents.arrow", progress, alphabet
+    )
+    if num_docs == 0:
+        raise UserError(f"{', '.join(data_cfg.corpus)}: the corpus holds no text (0 documents)")
+    docs = datasets.Dataset.from_file(str(scratch / "documents.arrow"))
+    train_idx, val_idx = _split_indices(num_docs, data_cfg.validation_fraction, data_cfg.seed)
+
+    tokenizer = _resolve_tokenizer(data_cfg, docs, alphabet, progress)
+    save_tokenizer(tokenizer, work / "tokenizer", model_max_length=max(512, data_cfg.max_seq_length))
+    splits = {}
+    for split, idx in (("train", train_idx), ("validation", val_idx)):
+        splits[split] = _build_split(docs, idx, split, tokenizer, data_cfg, scratch, work, progress)
+    del docs
+    shutil.rmtree(scratch)
+
+    ids = special_ids(tokenizer)
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "fingerprint": key,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "tokenizer": "tokenizer",
+        "vocab_size": tokenizer.get_vocab_size(),
+        "lowercase": is_lowercase(tokenizer),
+        "special_token_ids": {
+            "pad": ids.pad,
+            "unk": ids.unk,
+            "cls": ids.cls,
+            "sep": ids.sep,
+            "mask": ids.mask,
+        },
+        "max_seq_length": data_cfg.max_seq_length,
+        "nsp": data_cfg.nsp,
+        "static_masking": data_cfg.static_masking,
+        "masked_lm_prob": data_cfg.masked_lm_prob,
+        "max_predictions_per_seq": data_cfg.max_predictions_per_seq,
+        "whole_word_mask": data_cfg.whole_word_mask,
+        "counts": {
+            "documents": num_docs,
+            "train_documents": len(train_idx),
+            "validation_documents": len(val_idx),
+            "sentences": stats.sentences,
+            "train": splits["train"],
+            "validation": splits["validation"],
+        },
+        "input": stats.as_dict(),
+        "inputs": fingerprints,
+        "config": to_dict(data_cfg),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    (work / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    (work / COMPLETE_MARKER).write_text(meta["created"] + "\n")  # last: the folder is now complete
+    return meta
+
+
 def run_prepare(
     cfg: Any, output_dir: str | Path | None = None, force: bool = False, progress: bool = True
 ) -> Path:
     """Prepare `cfg.data` (cfg: a PretrainConfig or a DataConfig); return the complete folder (reused if any)."""
     import datasets
-
-    from bert.config import to_dict
-    from bert.tokenizer import is_lowercase, save_tokenizer, special_ids
 
     data_cfg = getattr(cfg, "data", cfg)
     if data_cfg.prepared_dir and output_dir is None and not force:
@@ -399,8 +436,6 @@ def run_prepare(
         return Path(data_cfg.prepared_dir)
     if not data_cfg.corpus:
         raise UserError("data.corpus is empty: name text files, folders or globs, or [synthetic]")
-    if data_cfg.max_seq_length < 8:
-        raise UserError(f"data.max_seq_length={data_cfg.max_seq_length} is too small (at least 8)")
 
     started = time.perf_counter()
     stats = CorpusStats()
@@ -416,157 +451,19 @@ def run_prepare(
             if progress:
                 print(f"prepared data is up to date: {out} (inputs and settings unchanged; --force rebuilds)")
             return out
-    if out.exists() and any(out.iterdir()) and not (out / "meta.json").exists() and not _looks_prepared(out):
+    if out.exists() and any(out.iterdir()) and not (out / "meta.json").exists() and not looks_prepared(out):
         raise UserError(f"{out}: exists and is not a prepared dataset; choose another --output or remove it")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    fs.remove_stale_temps(out.parent)  # leftovers of prepares that died (a live one's are kept)
     was_enabled = datasets.is_progress_bar_enabled()
     if not progress:
         datasets.disable_progress_bars()
     try:
-        scratch = work / "scratch"
-        scratch.mkdir()
-        alphabet: set[str] = set()
-        num_docs = _write_documents(
-            _documents(data_cfg, inputs, stats), scratch / "documents.arrow", progress, alphabet
-        )
-        if num_docs == 0:
-            raise UserError(f"{', '.join(data_cfg.corpus)}: the corpus holds no text (0 documents)")
-        docs = datasets.Dataset.from_file(str(scratch / "documents.arrow"))
-        train_idx, val_idx = _split_indices(num_docs, data_cfg.validation_fraction, data_cfg.seed)
-
-        tokenizer = _resolve_tokenizer(data_cfg, docs, alphabet, progress)
-        save_tokenizer(tokenizer, work / "tokenizer", model_max_length=max(512, data_cfg.max_seq_length))
-        splits = {}
-        for split, idx in (("train", train_idx), ("validation", val_idx)):
-            splits[split] = _build_split(docs, idx, split, tokenizer, data_cfg, scratch, work, progress)
-        del docs
-        shutil.rmtree(scratch)
-
-        ids = special_ids(tokenizer)
-        meta = {
-            "format_version": FORMAT_VERSION,
-            "fingerprint": key,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "tokenizer": "tokenizer",
-            "vocab_size": tokenizer.get_vocab_size(),
-            "lowercase": is_lowercase(tokenizer),
-            "special_token_ids": {
-                "pad": ids.pad,
-                "unk": ids.unk,
-                "cls": ids.cls,
-                "sep": ids.sep,
-                "mask": ids.mask,
-            },
-            "max_seq_length": data_cfg.max_seq_length,
-            "nsp": data_cfg.nsp,
-            "static_masking": data_cfg.static_masking,
-            "masked_lm_prob": data_cfg.masked_lm_prob,
-            "max_predictions_per_seq": data_cfg.max_predictions_per_seq,
-            "whole_word_mask": data_cfg.whole_word_mask,
-            "counts": {
-                "documents": num_docs,
-                "train_documents": len(train_idx),
-                "validation_documents": len(val_idx),
-                "sentences": stats.sentences,
-                "train": splits["train"],
-                "validation": splits["validation"],
-            },
-            "input": stats.as_dict(),
-            "inputs": fingerprints,
-            "config": to_dict(data_cfg),
-            "seconds": round(time.perf_counter() - started, 2),
-        }
-        (work / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-        (work / COMPLETE_MARKER).write_text(meta["created"] + "\n")  # last: the folder is now complete
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(work, out)
+        with fs.atomic_folder(out) as work:
+            meta = _prepare_into(work, data_cfg, inputs, stats, fingerprints, key, started, progress)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
         if was_enabled and not progress:
             datasets.enable_progress_bars()
     if progress:
         print(summary(out, meta))
     return out
-
-
-def _looks_prepared(folder: Path) -> bool:
-    """An unfinished prepared folder (train/ or tokenizer/ without the marker) may be replaced."""
-    names = {p.name for p in folder.iterdir()}
-    return bool(names) and names <= {"train", "validation", "tokenizer", "meta.json"}
-
-
-def _plural(count: int, noun: str) -> str:
-    return f"{count:,} {noun}{'' if count == 1 else 's'}"
-
-
-def summary(folder: Path, meta: dict[str, Any]) -> str:
-    """The closing summary of a prepare run."""
-    counts = meta["counts"]
-    train, val = counts["train"], counts["validation"]
-    inp = meta["input"]
-    lines = [
-        f"prepared {folder} in {meta['seconds']:.1f} s",
-        f"  documents  {counts['documents']:,} (train {counts['train_documents']:,}, validation "
-        f"{counts['validation_documents']:,}), sentences {counts['sentences']:,}",
-        f"  instances  train {train['instances']:,}, validation {val['instances']:,}; tokens "
-        f"{train['tokens'] + val['tokens']:,}; mean fill {train['mean_fill']:.1%} of {meta['max_seq_length']}",
-    ]
-    if "nsp_labels" in train:
-        nsp = train["nsp_labels"]
-        total = max(train["instances"], 1)
-        lines.append(
-            f"  NSP labels is next {nsp['is_next'] / total:.1%}, random {nsp['random'] / total:.1%}, "
-            f"none (single-sentence documents, MLM only) {nsp['none'] / total:.1%}"
-        )
-    lines.append(f"  tokenizer  {meta['vocab_size']:,} tokens, {'uncased' if meta['lowercase'] else 'cased'}")
-    if val["instances"] == 0:
-        lines.append(
-            "  warning    the validation split is empty (fewer than 2 documents, or validation_fraction=0)"
-        )
-    if inp["files"]:
-        lines.append(f"  input      {_plural(inp['files'], 'file')} read")
-    if inp["skipped_files"]:
-        shown = ", ".join(f"{Path(p).parent.name}/{Path(p).name}" for p in inp["skipped_files"][:4])
-        lines.append(
-            f"  skipped    {_plural(len(inp['skipped_files']), 'file')} without a text extension ({shown})"
-        )
-    if inp["skipped_line_count"]:
-        lines.append(
-            f"  skipped    {inp['skipped_line_count']} lines over 1 MiB: {', '.join(inp['skipped_lines'][:5])}"
-        )
-    if inp["replaced_chars"]:
-        files = inp["replaced_files"]
-        shown = ", ".join(f"{Path(p).name} ({n})" for p, n in list(files.items())[:6])
-        more = f" and {len(files) - 6} more" if len(files) > 6 else ""
-        lines.append(
-            f"  replaced   {inp['replaced_chars']} invalid UTF-8 characters in {_plural(len(files), 'file')}: {shown}{more}"
-        )
-    return "\n".join(lines)
-
-
-def load_prepared(folder: str | Path) -> tuple[Any, dict[str, Any]]:
-    """The prepared splits ("train", "validation") as a DatasetDict, and the metadata dict."""
-    import datasets
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise UserError(f"{folder}: no such prepared folder; run bert prepare first")
-    if not is_complete(folder):
-        raise UserError(
-            f"{folder}: incomplete prepared folder (no {COMPLETE_MARKER} marker); run bert prepare again"
-        )
-    meta = json.loads((folder / "meta.json").read_text())
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise UserError(
-            f"{folder}: prepared by another version of bert (format {meta.get('format_version')}, "
-            f"this one reads {FORMAT_VERSION}); run bert prepare --force"
-        )
-    splits = datasets.DatasetDict(
-        {split: datasets.load_from_disk(str(folder / split)) for split in ("train", "validation")}
-    )
-    return splits, meta

@@ -66,6 +66,21 @@ class BertConfig:
     """Class names written to config.json for `transformers`."""
 
     def __post_init__(self) -> None:
+        for name in ("vocab_size", "hidden_size", "num_attention_heads", "intermediate_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"model.{name} must be at least 1, got {getattr(self, name)!r}")
+        for name in ("max_position_embeddings", "type_vocab_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"model.{name} must be at least 1, got {getattr(self, name)!r}")
+        if self.num_hidden_layers < 0:
+            raise ValueError(f"model.num_hidden_layers must be >= 0, got {self.num_hidden_layers!r}")
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"model.{name} must be in [0, 1), got {getattr(self, name)!r}")
+        if self.layer_norm_eps <= 0:
+            raise ValueError(f"model.layer_norm_eps must be > 0, got {self.layer_norm_eps!r}")
+        if not 0 <= self.pad_token_id < self.vocab_size:
+            raise ValueError(f"model.pad_token_id must be in [0, vocab_size), got {self.pad_token_id!r}")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"model.hidden_size ({self.hidden_size}) must be divisible by "

@@ -6,10 +6,13 @@ adding or removing the `bert.` prefix (checkpoints of a bare BertModel, such as 
 the LayerNorm gamma/beta of old TensorFlow conversions, and writing each tied tensor once.
 
 Reading runs no code: model.safetensors first, else pytorch_model.bin through torch.load(weights_only=True).
+`load_weights` is the one place that puts a state dict into a model: it checks shapes and returns what was
+missing, unexpected or mismatched, for the caller to report.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -65,3 +68,62 @@ def write_state_dict(state: dict[str, torch.Tensor], folder: str | Path) -> None
     from safetensors.torch import save_file
 
     save_file(state, str(Path(folder) / SAFETENSORS_NAME), metadata={"format": "pt"})
+
+
+@dataclass
+class LoadReport:
+    """What `load_weights` could not take over one to one."""
+
+    missing: list[str] = field(default_factory=list)
+    """Model weights the state dict lacks or whose shape was mismatched: they keep their initialisation
+    (tied aliases not listed)."""
+    unexpected: list[str] = field(default_factory=list)
+    """State dict entries the model has no place for (the heads of other task classes not listed)."""
+    mismatched: list[str] = field(default_factory=list)
+    """'key: saved (a, b), model (c, d)' for weights left initialised (ignore_mismatched_sizes)."""
+
+
+_OTHER_HEADS = ("cls.", "classifier.")
+
+
+def load_weights(
+    model: torch.nn.Module,
+    state: dict[str, torch.Tensor],
+    source: str,
+    ignore_mismatched_sizes: bool = False,
+    extend_positions: bool = False,
+) -> LoadReport:
+    """Copy `state` (keys already ours, see `normalize_keys`) into `model`, checking every shape.
+
+    A shape mismatch is a UserError naming the key, unless `ignore_mismatched_sizes` (then the weight keeps
+    its initialisation and is reported), or `extend_positions` and the key is the position table (phase 2
+    of pretraining grows it: the saved rows are copied, the new ones keep their initialisation).
+    """
+    own = model.state_dict()
+    report = LoadReport()
+    state = dict(state)
+    for key, value in list(state.items()):
+        if key not in own or own[key].shape == value.shape:
+            continue
+        if (
+            extend_positions
+            and key.endswith("position_embeddings.weight")
+            and value.shape[1:] == own[key].shape[1:]
+        ):
+            rows = min(value.shape[0], own[key].shape[0])
+            state[key] = torch.cat([value[:rows], own[key][rows:]])
+            continue
+        problem = f"{key}: saved {tuple(value.shape)}, model {tuple(own[key].shape)}"
+        if not ignore_mismatched_sizes:
+            raise UserError(
+                f"{source}: weight {key} has shape {tuple(value.shape)}, the model expects "
+                f"{tuple(own[key].shape)} (check config.json)"
+            )
+        report.mismatched.append(problem)
+        del state[key]
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    report.missing = [k for k in missing if not (k in TIED_ALIASES and TIED_ALIASES[k] in state)]
+    report.unexpected = [
+        k for k in unexpected if not (k.startswith(_OTHER_HEADS) or k.endswith("position_ids"))
+    ]
+    return report

@@ -45,7 +45,12 @@ def encoder_matmul_params(config: BertConfig) -> int:
 
 def training_flops_per_token(config: BertConfig, seq_len: int, masked_fraction: float = 0.15) -> float:
     """FLOPs of forward + backward per token of a BertForPreTraining step (formula in the module docstring)."""
-    h, i, v, layers = config.hidden_size, config.intermediate_size, config.vocab_size, config.num_hidden_layers
+    h, i, v, layers = (
+        config.hidden_size,
+        config.intermediate_size,
+        config.vocab_size,
+        config.num_hidden_layers,
+    )
     read = min(1.0, masked_fraction + 1 / seq_len)  # tokens the heads read, through the last layer
     skipped = (2 * h * h + 2 * h * i) * (1 - read) if layers else 0.0
     dense = 6 * (encoder_matmul_params(config) - skipped)

@@ -1,7 +1,7 @@
-"""Encoder layer (attention + feed-forward), the encoder stack and the pooler (Hugging Face names).
+"""The transformer layer and its parts, the encoder stack and the pooler (Hugging Face names).
 
-Every module here is shape-agnostic in its leading dimensions, so the same code runs on padded (B, T, H) and
-unpadded (N, H) hidden states; only the attention kernel needs the layout.
+Every module here is shape-agnostic in its leading dimensions: the same code runs on padded (B, T, H) and on
+unpadded (N, H) hidden states. Only the attention kernel looks at the batch's layout (masks.py).
 """
 
 from __future__ import annotations
@@ -12,10 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bert.model.attention import BertAttention
+from bert.model.attention import ScaledDotProductAttention
 from bert.model.config import BertConfig
-from bert.model.dropout import Dropout
-from bert.model.masking import Layout
+from bert.model.masks import Layout
 
 
 def activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -29,8 +28,63 @@ def activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
     raise ValueError(f"hidden_act {name!r}: expected gelu, gelu_new or relu")
 
 
+class BertSelfAttention(nn.Module):
+    """Multi-head self-attention: query, key and value projections, then the attention kernel."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.head_dim
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.attend = ScaledDotProductAttention(
+            config.attn_implementation, config.attention_probs_dropout_prob
+        )
+
+    def heads(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., H) -> (..., A, D)."""
+        return x.unflatten(-1, (self.num_heads, self.head_dim))
+
+    def forward(self, hidden: torch.Tensor, layout: Layout) -> torch.Tensor:
+        """hidden (B, T, H) padded or (N, H) unpadded -> context of the same shape."""
+        q = self.heads(self.query(hidden))  # (..., A, D)
+        k = self.heads(self.key(hidden))
+        v = self.heads(self.value(hidden))
+        return self.attend(q, k, v, layout).flatten(-2)  # (..., H)
+
+
+class BertSelfOutput(nn.Module):
+    """Output projection of attention, dropout, and the residual (+ LayerNorm, post-LN)."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.pre_layer_norm = config.pre_layer_norm
+
+    def forward(self, context: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        out = self.dropout(self.dense(context)) + residual  # (..., H)
+        return out if self.pre_layer_norm else self.LayerNorm(out)
+
+
+class BertAttention(nn.Module):
+    """The attention sub-layer; with pre_layer_norm, its LayerNorm runs on the input instead of the output."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.self = BertSelfAttention(config)
+        self.output = BertSelfOutput(config)
+        self.pre_layer_norm = config.pre_layer_norm
+
+    def forward(self, hidden: torch.Tensor, layout: Layout) -> torch.Tensor:
+        normed = self.output.LayerNorm(hidden) if self.pre_layer_norm else hidden
+        return self.output(self.self(normed, layout), hidden)  # (..., H)
+
+
 class BertIntermediate(nn.Module):
-    """First half of the feed-forward block: H -> intermediate_size, then GELU."""
+    """First half of the feed-forward block: H -> intermediate_size, then the activation."""
 
     def __init__(self, config: BertConfig) -> None:
         super().__init__()
@@ -48,7 +102,7 @@ class BertOutput(nn.Module):
         super().__init__()
         self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = Dropout(config.hidden_dropout_prob)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.pre_layer_norm = config.pre_layer_norm
 
     def forward(self, intermediate: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
@@ -57,7 +111,7 @@ class BertOutput(nn.Module):
 
 
 class BertLayer(nn.Module):
-    """One transformer layer: self-attention then feed-forward, each with residual and LayerNorm.
+    """One transformer layer: self-attention, then feed-forward, each with a residual and a LayerNorm.
 
     Post-LN (BERT): x = LN(x + f(x)). Pre-LN (config.pre_layer_norm): x = x + f(LN(x)), with the same
     LayerNorm modules applied to the sub-layer input instead.
@@ -70,30 +124,18 @@ class BertLayer(nn.Module):
         self.output = BertOutput(config)
         self.pre_layer_norm = config.pre_layer_norm
 
-    def forward(
-        self,
-        hidden: torch.Tensor,
-        layout: Layout,
-        output_attentions: bool = False,
-        rows: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """hidden (B, T, H) or (N, H) -> the same shape, or (M, H) at `rows` (see BertEncoder)."""
-        hidden, probs = self.attention(hidden, layout, output_attentions, rows)
+    def feed_forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The feed-forward sub-layer with its residual: (..., H) -> (..., H)."""
         normed = self.output.LayerNorm(hidden) if self.pre_layer_norm else hidden
-        return self.output(self.intermediate(normed), hidden), probs
+        return self.output(self.intermediate(normed), hidden)
+
+    def forward(self, hidden: torch.Tensor, layout: Layout) -> torch.Tensor:
+        """hidden (B, T, H) or (N, H) -> the same shape."""
+        return self.feed_forward(self.attention(hidden, layout))
 
 
 class BertEncoder(nn.Module):
-    """A stack of `num_hidden_layers` layers; pre-LN adds a final LayerNorm (no Hugging Face counterpart).
-
-    `output_rows` (M,): the rows of the flattened (B * T or N, H) hidden states that the caller will read,
-    e.g. [CLS] and the masked positions for the pretraining heads (about 16% of the tokens), or [CLS] alone
-    for classification. The last layer still computes keys and values at every token, since every kept query
-    attends to all of its sequence, but its attention output projection, feed-forward block and LayerNorms
-    only at those rows (and on the unpadded CPU path its query projection and attention too), and the encoder
-    returns (M, H). Each kept row is computed exactly as without `output_rows`. For BERT-mini (4 layers,
-    batches 16% of whose tokens are read) that is about 18% of the encoder's matmul work.
-    """
+    """A stack of `num_hidden_layers` layers; pre-LN adds a final LayerNorm (no Hugging Face counterpart)."""
 
     def __init__(self, config: BertConfig) -> None:
         super().__init__()
@@ -103,23 +145,21 @@ class BertEncoder(nn.Module):
         self.pre_layer_norm = config.pre_layer_norm
 
     def forward(
-        self,
-        hidden: torch.Tensor,
-        layout: Layout,
-        output_attentions: bool = False,
-        output_rows: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
-        """hidden (B, T, H) or (N, H) -> the same shape, or (M, H) at `output_rows` (M,)."""
-        attentions = []
-        last = len(self.layer) - 1
-        for i, layer in enumerate(self.layer):
-            hidden, probs = layer(hidden, layout, output_attentions, output_rows if i == last else None)
-            attentions.append(probs)
-        if output_rows is not None and not self.layer:  # no layer to do it
-            hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, output_rows)
+        self, hidden: torch.Tensor, layout: Layout, output_positions: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """hidden (B, T, H) or (N, H) -> the same shape; or (B, K, H) at `output_positions` (B, K), the
+        positions of the padded batch that the caller reads (zeros at a pad position of an unpadded batch).
+
+        Here every token goes through every layer and the positions are picked at the end; the fast path
+        (bert.model.fast) computes the last layer at those positions only, with the same result.
+        """
+        for layer in self.layer:
+            hidden = layer(hidden, layout)
+        if output_positions is not None:
+            hidden = layout.gather(hidden, output_positions)  # (B, K, H)
         if self.pre_layer_norm:
             hidden = self.LayerNorm(hidden)
-        return hidden, (tuple(attentions) if output_attentions else None)
+        return hidden
 
 
 class BertPooler(nn.Module):

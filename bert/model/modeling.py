@@ -1,10 +1,9 @@
 """BertModel and its task models: BertForPreTraining (MLM + NSP) and BertForSequenceClassification.
 
-The models return logits in output dataclasses; losses live in bert/losses.py. Padding, unpadding and masks
-are decided once per forward in `bert.model.masking.build_layout`. The task models tell the encoder which
-tokens their heads read ([CLS] and the masked positions for pretraining, [CLS] alone for classification):
-the last layer computes only those (`BertModel.encode(output_positions=...)`), and on the unpadded path
-nothing is ever re-padded.
+The reference BERT, read top to bottom: attention_mask -> layout (masks.py, once per batch) -> embeddings ->
+encoder layers -> the heads, which read [CLS] and, for pretraining, the masked positions only. The models
+return logits in output dataclasses; losses live in bert/losses.py. Faster variants of some modules (for
+the CPU) replace them in place, at one seam: bert.model.fast.
 """
 
 from __future__ import annotations
@@ -22,11 +21,10 @@ from torch import nn
 from bert.errors import UserError
 from bert.model import convert
 from bert.model.config import BertConfig
-from bert.model.dropout import Dropout
 from bert.model.embeddings import BertEmbeddings
 from bert.model.heads import BertPreTrainingHeads
 from bert.model.layers import BertEncoder, BertPooler
-from bert.model.masking import Layout, build_layout
+from bert.model.masks import AttentionMasks, Layout
 from bert.model.outputs import BaseModelOutput, BertForPreTrainingOutput, SequenceClassifierOutput
 
 logger = logging.getLogger(__name__)
@@ -36,9 +34,7 @@ class Encoded(NamedTuple):
     """What BertModel.encode returns."""
 
     hidden: torch.Tensor  # (B, T, H) padded or (N, H) unpadded; (B, K, H) with output_positions (B, K)
-    layout: Layout
-    attentions: tuple[torch.Tensor, ...] | None  # eager path with output_attentions only
-    word_weight: torch.Tensor  # (V, H) word-embedding matrix for a tied decoder (an alias when tied)
+    layout: Layout  # layout.attentions: per-layer probabilities, with output_attentions
 
 
 class BertPreTrainedModel(nn.Module):
@@ -71,14 +67,20 @@ class BertPreTrainedModel(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, folder: str | Path, ignore_mismatched_sizes: bool = False, **config_overrides: Any
+        cls,
+        folder: str | Path,
+        ignore_mismatched_sizes: bool = False,
+        output_loading_info: bool = False,
+        **config_overrides: Any,
     ):
         """Load a Hugging Face BERT folder or this project's (config.json + weights).
 
         `config_overrides` replace config fields, e.g. attn_implementation='unpadded' or num_labels=3.
         Weights the checkpoint lacks (e.g. the MLM/NSP heads of a bare BertModel checkpoint) keep their
-        initialisation, with a warning naming them. A weight whose shape differs from the model's is an error,
-        or, with `ignore_mismatched_sizes` (e.g. a classifier with another num_labels), initialised anew.
+        initialisation. A weight whose shape differs from the model's is an error, or, with
+        `ignore_mismatched_sizes` (e.g. a classifier with another num_labels), initialised anew.
+        With `output_loading_info` (as in transformers), returns (model, convert.LoadReport) and warns of
+        nothing; otherwise missing weights are named in a warning.
         """
         folder = Path(folder)
         if not (folder / "config.json").is_file():
@@ -86,29 +88,16 @@ class BertPreTrainedModel(nn.Module):
         config = dataclasses.replace(BertConfig.from_pretrained(folder), **config_overrides)
         model = cls(config)
         state = convert.normalize_keys(convert.read_state_dict(folder), cls.base_model_prefix)
-        own = model.state_dict()
-        for key, value in list(state.items()):
-            if key in own and own[key].shape != value.shape:
-                if ignore_mismatched_sizes:
-                    del state[key]
-                    continue
-                raise UserError(
-                    f"{folder}: weight {key} has shape {tuple(value.shape)}, the model expects "
-                    f"{tuple(own[key].shape)} (check config.json)"
-                )
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not (k in convert.TIED_ALIASES and convert.TIED_ALIASES[k] in state)]
-        if missing:
+        report = convert.load_weights(model, state, str(folder), ignore_mismatched_sizes)
+        if output_loading_info:
+            return model, report
+        if report.missing:
             warnings.warn(
-                f"{folder}: weights not in the checkpoint, newly initialised: {', '.join(missing)}",
+                f"{folder}: weights not in the checkpoint, newly initialised: {', '.join(report.missing)}",
                 stacklevel=2,
             )
-        # Weights of heads this class does not have (e.g. cls.* when loading a BertModel) are expected.
-        unexpected = [
-            k for k in unexpected if not (k.startswith(("cls.", "classifier.")) or k.endswith("position_ids"))
-        ]
-        if unexpected:
-            logger.warning("%s: checkpoint weights not used: %s", folder, ", ".join(unexpected))
+        if report.unexpected:
+            logger.warning("%s: checkpoint weights not used: %s", folder, ", ".join(report.unexpected))
         return model
 
     def save_pretrained(self, folder: str | Path) -> None:
@@ -126,6 +115,7 @@ class BertModel(BertPreTrainedModel):
 
     def __init__(self, config: BertConfig) -> None:
         super().__init__(config)
+        self.masks = AttentionMasks(config.attn_implementation)  # no parameters
         self.embeddings = BertEmbeddings(config)
         self.encoder = BertEncoder(config)
         self.pooler = BertPooler(config)
@@ -136,41 +126,27 @@ class BertModel(BertPreTrainedModel):
         input_ids: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        output_attentions: bool = False,
-        tie_word_weight: bool = False,
         output_positions: torch.Tensor | None = None,
+        output_attentions: bool = False,
     ) -> Encoded:
-        """Hidden states in the layout of the attention path: (B, T, H) padded or (N, H) unpadded.
+        """The last layer's hidden states in the layout of the attention path: (B, T, H) or (N, H).
 
-        `output_positions` (B, K): only these positions of the padded batch are wanted, and the result is
-        (B, K, H) there (zeros at a pad position of an unpadded batch, as `UnpaddedLayout.gather`). The last
-        layer then computes its output projection and feed-forward (on the unpadded CPU path also its queries
-        and attention) at those tokens only (BertEncoder).
-        `tie_word_weight`: also return the word-embedding matrix for a tied decoder (BertEmbeddings.forward).
+        `output_positions` (B, K): only these positions of the padded batch are wanted; the result is then
+        (B, K, H) (zeros at a pad position of an unpadded batch). `output_attentions`: the eager kernel,
+        each layer's (B, A, T, T) probabilities in the returned layout's `attentions`.
         """
         b, t = input_ids.shape
-        implementation = "eager" if output_attentions else self.config.attn_implementation
-        layout = build_layout(attention_mask, b, t, implementation, input_ids.device)
+        layout = self.masks(attention_mask, b, t, input_ids.device, eager=output_attentions)
+        if output_attentions:
+            layout.attentions = []
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         position_ids = torch.arange(t, device=input_ids.device).expand(b, t)  # (B, T), as Hugging Face
-        # Unpadded layout: pick the real tokens BEFORE embedding them; padded layout: identity.
-        hidden, word_weight = self.embeddings(
-            layout.select(input_ids),
-            layout.select(token_type_ids),
-            layout.select(position_ids),
-            tie_word_weight,
+        # An unpadded layout picks the real tokens BEFORE they are embedded; a padded one keeps them all.
+        hidden = self.embeddings(
+            layout.select(input_ids), layout.select(token_type_ids), layout.select(position_ids)
         )  # (B, T, H) or (N, H)
-        if output_positions is None:
-            hidden, attentions = self.encoder(hidden, layout, output_attentions)
-            return Encoded(hidden, layout, attentions, word_weight)
-        slot_rows = layout.rows(output_positions)  # (B, K) rows of the flattened hidden states, -1 at pads
-        # Each token once (unused MLM slots and [CLS] are all position 0 of their row).
-        rows, inverse = torch.unique(slot_rows.clamp(min=0), return_inverse=True)  # (M,), (B, K)
-        hidden, attentions = self.encoder(hidden, layout, output_attentions, rows)  # (M, H)
-        hidden = hidden.index_select(0, inverse.reshape(-1)).view(*inverse.shape, -1)  # (B, K, H)
-        hidden = torch.where((slot_rows >= 0).unsqueeze(-1), hidden, hidden.new_zeros(()))
-        return Encoded(hidden, layout, attentions, word_weight)
+        return Encoded(self.encoder(hidden, layout, output_positions), layout)
 
     def forward(
         self,
@@ -179,13 +155,14 @@ class BertModel(BertPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         output_attentions: bool = False,
     ) -> BaseModelOutput:
-        hidden, layout, attentions, _ = self.encode(
-            input_ids, token_type_ids, attention_mask, output_attentions
+        hidden, layout = self.encode(
+            input_ids, token_type_ids, attention_mask, output_attentions=output_attentions
         )
+        sequence = layout.to_padded(hidden)  # (B, T, H)
         return BaseModelOutput(
-            last_hidden_state=layout.to_padded(hidden),  # (B, T, H)
-            pooler_output=self.pooler(layout.cls(hidden)),  # (B, H)
-            attentions=attentions,
+            last_hidden_state=sequence,
+            pooler_output=self.pooler(sequence[:, 0]),  # (B, H)
+            attentions=tuple(layout.attentions) if output_attentions else None,
         )
 
 
@@ -205,32 +182,23 @@ class BertForPreTraining(BertPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         masked_lm_positions: torch.Tensor | None = None,
     ) -> BertForPreTrainingOutput:
-        """masked_lm_positions (B, P): the MLM head runs only there -> (B, P, V); without it (B, T, V).
+        """masked_lm_positions (B, P): the MLM head runs only there -> logits (B, P, V); without, (B, T, V).
 
         Slots at position 0 are padding: [CLS] is never masked (Google's convention, which the collator
-        follows: a row with fewer masked tokens than P fills its other slots with 0). The head skips them and
-        their logits are 0; give them the label -100 so that the loss ignores them.
+        follows: a row with fewer masked tokens than P fills its other slots with 0). Their logits are 0;
+        give them the label -100 so that the loss ignores them.
         """
         if masked_lm_positions is None:
-            hidden, layout, _, word_weight = self.bert.encode(
-                input_ids, token_type_ids, attention_mask, tie_word_weight=True
-            )
-            prediction_logits = self.cls.predictions(layout.to_padded(hidden), word_weight)  # (B, T, V)
-            pooled = self.bert.pooler(layout.cls(hidden))  # (B, H)
+            sequence = self.bert(input_ids, token_type_ids, attention_mask).last_hidden_state  # (B, T, H)
+            cls_hidden, mlm_hidden, used = sequence[:, 0], sequence, None
         else:
-            # The heads read [CLS] and the masked positions only: the last layer computes just those tokens,
-            # and the MLM transform and the H x V matmul, the largest of the step, run on the used slots, not
-            # on T positions.
             read = F.pad(masked_lm_positions, (1, 0))  # (B, 1 + P): [CLS] is position 0
-            hidden, _, _, word_weight = self.bert.encode(
-                input_ids, token_type_ids, attention_mask, tie_word_weight=True, output_positions=read
-            )  # (B, 1 + P, H)
+            hidden = self.bert.encode(input_ids, token_type_ids, attention_mask, output_positions=read).hidden
+            cls_hidden, mlm_hidden = hidden[:, 0], hidden[:, 1:]  # (B, H), (B, P, H)
             used = masked_lm_positions != 0  # (B, P); position 0 pads the slots
-            prediction_logits = self.cls.predictions.at_slots(hidden[:, 1:], used, word_weight)  # (B, P, V)
-            pooled = self.bert.pooler(hidden[:, 0])  # (B, H)
         return BertForPreTrainingOutput(
-            prediction_logits=prediction_logits,
-            seq_relationship_logits=self.cls.seq_relationship(pooled),  # (B, 2)
+            prediction_logits=self.cls.predictions(mlm_hidden, used),  # (B, P, V) or (B, T, V)
+            seq_relationship_logits=self.cls.seq_relationship(self.bert.pooler(cls_hidden)),  # (B, 2)
         )
 
 
@@ -242,7 +210,7 @@ class BertForSequenceClassification(BertPreTrainedModel):
         self.num_labels = config.num_labels
         self.bert = BertModel(config)
         dropout = config.classifier_dropout
-        self.dropout = Dropout(config.hidden_dropout_prob if dropout is None else dropout)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob if dropout is None else dropout)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.init_weights()
 
@@ -252,9 +220,7 @@ class BertForSequenceClassification(BertPreTrainedModel):
         token_type_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
     ) -> SequenceClassifierOutput:
-        cls_position = input_ids.new_zeros(input_ids.shape[0], 1)  # (B, 1)
-        hidden = self.bert.encode(
-            input_ids, token_type_ids, attention_mask, output_positions=cls_position
-        ).hidden  # (B, 1, H): only [CLS] is read, so the last layer computes only [CLS] (BertEncoder)
+        cls_position = input_ids.new_zeros(input_ids.shape[0], 1)  # (B, 1): only [CLS] is read
+        hidden = self.bert.encode(input_ids, token_type_ids, attention_mask, cls_position).hidden  # (B, 1, H)
         pooled = self.bert.pooler(hidden[:, 0])  # (B, H)
         return SequenceClassifierOutput(logits=self.classifier(self.dropout(pooled)))  # (B, num_labels)

@@ -1,8 +1,8 @@
-"""Helpers for running the same code on one or many processes: printing, reductions, and data sharding.
+"""The pretraining data order: `ShardedBatchSampler`, the data position of pretraining, and `EpochDataset`.
 
-This file owns `ShardedBatchSampler`, the data position of pretraining. Each epoch is a permutation of the
-training examples drawn from (seed, epoch) alone; the global micro-batch j of that epoch is the slice
-perm[j*G : (j+1)*G] with G = batch_size x num_processes, and process r takes the r-th `batch_size` part of it.
+Each epoch is a permutation of the training examples drawn from (seed, epoch) alone; the global micro-batch j
+of that epoch is the slice perm[j*G : (j+1)*G] with G = batch_size x num_processes, and process r takes the
+r-th `batch_size` part of it.
 Hence:
 - processes read disjoint examples, and N processes of batch b read exactly what one process of batch N*b
   reads (the union, in the same order);
@@ -19,22 +19,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-
-
-def print0(*args: Any, **kwargs: Any) -> None:
-    """print on the main process only (global rank 0, also before Accelerate is set up)."""
-    import os
-
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(*args, **kwargs, flush=True)
-
-
-def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
-    """Sum a few numbers over all processes (one collective call); identity without torch.distributed."""
-    tensor = torch.tensor(values, dtype=torch.float64, device=device)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(tensor)
-    return tensor.tolist()
 
 
 def epoch_permutation(num_examples: int, seed: int, epoch: int) -> torch.Tensor:

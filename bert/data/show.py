@@ -42,15 +42,26 @@ def _rows(args: argparse.Namespace) -> tuple[dict[str, np.ndarray], Any, dict[st
     collator = build_collator(args.path, DataConfig(**fields), seed=args.seed)
     if not args.batch and not meta.get("static_masking"):
         collator.pad_to_multiple_of = None
-        batch = collator(examples)
+        fields = _fields(collator(examples))
         for key in ("masked_lm_positions", "masked_lm_labels"):
-            batch.pop(key)  # stored examples have no masks yet: the collator draws them
-        batch["input_ids"] = _padded([e["input_ids"] for e in examples], meta["special_token_ids"]["pad"])
+            fields.pop(key)  # stored examples have no masks yet: the collator draws them
+        fields["input_ids"] = _padded([e["input_ids"] for e in examples], meta["special_token_ids"]["pad"])
     else:
-        batch = collator(examples)
-    arrays = {k: v.numpy() for k, v in batch.items()}
+        fields = _fields(collator(examples))
+    arrays = {k: v.numpy() for k, v in fields.items() if k != "example_ids"}
     arrays["id"] = np.array([e["id"] for e in examples])
     return arrays, tokenizer, meta
+
+
+def _fields(batch: Any) -> dict[str, Any]:
+    """The tensors of a PretrainingBatch by field name (None fields left out)."""
+    import dataclasses
+
+    return {
+        f.name: getattr(batch, f.name)
+        for f in dataclasses.fields(batch)
+        if getattr(batch, f.name) is not None
+    }
 
 
 def _padded(rows: list[list[int]], pad: int) -> Any:

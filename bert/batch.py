@@ -1,0 +1,100 @@
+"""The batches that flow from the collators to the models and the losses: fields, shapes and meanings.
+
+`attention_mask` is 1 for a real token and 0 for padding (Hugging Face polarity). Labels that must not count
+are `IGNORE_INDEX` (-100, the Hugging Face and PyTorch convention): unused masked-position slots, and the
+next-sentence label of an MLM-only instance (a document of one sentence has no pair).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # torch is imported where tensors are made, so that the label constant stays light
+    import torch
+
+IGNORE_INDEX = -100
+"""Label of a slot or sequence that the losses and metrics leave out."""
+
+
+@dataclass
+class PretrainingBatch:
+    """A batch of NSP pairs with their MLM masks, as `bert.data.collator.PretrainingCollator` builds it."""
+
+    input_ids: torch.Tensor
+    """(B, T) token ids, [MASK]/random/kept at the masked positions, [PAD] after each row's length."""
+    token_type_ids: torch.Tensor
+    """(B, T) 0 for [CLS] A [SEP], 1 for B [SEP], 0 on padding."""
+    attention_mask: torch.Tensor
+    """(B, T) 1 = real token, 0 = padding."""
+    masked_lm_positions: torch.Tensor
+    """(B, P) positions of the masked tokens, P = the most of any row; unused slots 0 ([CLS] is never masked)."""
+    masked_lm_labels: torch.Tensor
+    """(B, P) the original ids at those positions; IGNORE_INDEX in unused slots."""
+    next_sentence_label: torch.Tensor | None = None
+    """(B,) 0 = B follows A, 1 = B is random, IGNORE_INDEX = no pair; None for MLM-only data."""
+    example_ids: torch.Tensor | None = None
+    """(B, 2) (epoch, index) of each example in the training set: what the loop consumed, for audits."""
+
+    MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask", "masked_lm_positions")
+
+    def model_inputs(self) -> dict[str, torch.Tensor]:
+        """The keyword arguments of `BertForPreTraining.forward`."""
+        return {name: getattr(self, name) for name in self.MODEL_INPUTS}
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> PretrainingBatch:
+        return _to(self, device, non_blocking)
+
+    @property
+    def num_sequences(self) -> int:
+        return self.input_ids.shape[0]
+
+    def num_masked(self) -> int:
+        """Labelled MLM slots (read on the host: call it on the collator's CPU tensors)."""
+        return int((self.masked_lm_labels != IGNORE_INDEX).sum())
+
+    def num_nsp_labels(self) -> int:
+        """Sequences with an NSP label (0 in MLM-only data)."""
+        if self.next_sentence_label is None:
+            return 0
+        return int((self.next_sentence_label != IGNORE_INDEX).sum())
+
+    def num_real_tokens(self) -> int:
+        return int(self.attention_mask.sum())
+
+
+@dataclass
+class PairBatch:
+    """A batch of sentence pairs for classification or regression (`bert.finetune_data.PairCollator`)."""
+
+    input_ids: torch.Tensor
+    """(B, T) [CLS] A [SEP] B [SEP], [PAD] after each row's length."""
+    token_type_ids: torch.Tensor
+    """(B, T) 0 for A, 1 for B."""
+    attention_mask: torch.Tensor
+    """(B, T) 1 = real token, 0 = padding."""
+    labels: torch.Tensor
+    """(B,) int64 class ids, or float32 scores for regression (0 where the split has no labels)."""
+    index: torch.Tensor
+    """(B,) row of each pair in its split, to put predictions back in the split's order."""
+
+    MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask")
+
+    def model_inputs(self) -> dict[str, torch.Tensor]:
+        """The keyword arguments of `BertForSequenceClassification.forward`."""
+        return {name: getattr(self, name) for name in self.MODEL_INPUTS}
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> PairBatch:
+        return _to(self, device, non_blocking)
+
+
+def _to(batch: Any, device: torch.device | str, non_blocking: bool) -> Any:
+    import torch
+
+    moved = {
+        f.name: value.to(device, non_blocking=non_blocking) if isinstance(value, torch.Tensor) else value
+        for f in dataclasses.fields(batch)
+        for value in [getattr(batch, f.name)]
+    }
+    return type(batch)(**moved)

@@ -1,0 +1,147 @@
+"""The prepared-data folder: its layout, its cache key, reading it back, and its summary.
+
+A prepared folder (written by bert/data/prepare.py) is a sharded Arrow dataset:
+
+    data.cache_dir/<key>/
+        train/, validation/       `datasets.save_to_disk` shards of instances
+        tokenizer/                the tokenizer in the Hugging Face layout
+        meta.json                 settings, counts, the input fingerprints, the key
+        COMPLETE                  written last: the folder is finished
+
+The key is a hash of the inputs (resolved paths, sizes, modification times; the tokenizer's files likewise)
+and of every setting that changes the result, so a second run with the same inputs reuses the folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from bert.errors import UserError
+
+FORMAT_VERSION = 1
+"""Bumped when the layout of a prepared folder changes, so older folders are not reused."""
+COMPLETE_MARKER = "COMPLETE"
+"""File written last into a prepared folder."""
+_IGNORED_SETTINGS = {"num_proc", "cache_dir", "prepared_dir"}
+"""DataConfig fields that do not change the prepared data (left out of the cache key)."""
+
+
+# --------------------------------------------------------------------------------------------- cache key
+
+
+def _settings(data_cfg: Any) -> dict[str, Any]:
+    from bert.config import to_dict
+
+    settings = {k: v for k, v in to_dict(data_cfg).items() if k not in _IGNORED_SETTINGS}
+    if settings.get("corpus") != ["synthetic"]:
+        settings.pop("synthetic", None)
+    return settings
+
+
+def _tokenizer_fingerprint(path: str | None) -> list[dict[str, Any]]:
+    if path is None:
+        return []
+    target = Path(path)
+    files = sorted(p for p in target.iterdir() if p.is_file()) if target.is_dir() else [target]
+    return [
+        {"path": str(p.resolve()), "size": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns}
+        for p in files
+        if p.exists()
+    ]
+
+
+def cache_key(data_cfg: Any, input_fingerprints: list[dict[str, Any]]) -> str:
+    """Hash of the settings and the inputs' paths, sizes and mtimes (content is not read, to stay instant)."""
+    payload = {
+        "version": FORMAT_VERSION,
+        "settings": _settings(data_cfg),
+        "inputs": input_fingerprints,
+        "tokenizer": _tokenizer_fingerprint(data_cfg.tokenizer),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def is_complete(folder: str | Path) -> bool:
+    """Whether `folder` is a finished prepared dataset (its marker exists)."""
+    return (Path(folder) / COMPLETE_MARKER).is_file() and (Path(folder) / "meta.json").is_file()
+
+
+def looks_prepared(folder: Path) -> bool:
+    """An unfinished prepared folder (train/ or tokenizer/ without the marker) may be replaced."""
+    names = {p.name for p in folder.iterdir()}
+    return bool(names) and names <= {"train", "validation", "tokenizer", "meta.json"}
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
+def summary(folder: Path, meta: dict[str, Any]) -> str:
+    """The closing summary of a prepare run."""
+    counts = meta["counts"]
+    train, val = counts["train"], counts["validation"]
+    inp = meta["input"]
+    lines = [
+        f"prepared {folder} in {meta['seconds']:.1f} s",
+        f"  documents  {counts['documents']:,} (train {counts['train_documents']:,}, validation "
+        f"{counts['validation_documents']:,}), sentences {counts['sentences']:,}",
+        f"  instances  train {train['instances']:,}, validation {val['instances']:,}; tokens "
+        f"{train['tokens'] + val['tokens']:,}; mean fill {train['mean_fill']:.1%} of {meta['max_seq_length']}",
+    ]
+    if "nsp_labels" in train:
+        nsp = train["nsp_labels"]
+        total = max(train["instances"], 1)
+        lines.append(
+            f"  NSP labels is next {nsp['is_next'] / total:.1%}, random {nsp['random'] / total:.1%}, "
+            f"none (single-sentence documents, MLM only) {nsp['none'] / total:.1%}"
+        )
+    lines.append(f"  tokenizer  {meta['vocab_size']:,} tokens, {'uncased' if meta['lowercase'] else 'cased'}")
+    if val["instances"] == 0:
+        lines.append(
+            "  warning    the validation split is empty (fewer than 2 documents, or validation_fraction=0)"
+        )
+    if inp["files"]:
+        lines.append(f"  input      {_plural(inp['files'], 'file')} read")
+    if inp["skipped_files"]:
+        shown = ", ".join(f"{Path(p).parent.name}/{Path(p).name}" for p in inp["skipped_files"][:4])
+        lines.append(
+            f"  skipped    {_plural(len(inp['skipped_files']), 'file')} without a text extension ({shown})"
+        )
+    if inp["skipped_line_count"]:
+        lines.append(
+            f"  skipped    {inp['skipped_line_count']} lines over 1 MiB: {', '.join(inp['skipped_lines'][:5])}"
+        )
+    if inp["replaced_chars"]:
+        files = inp["replaced_files"]
+        shown = ", ".join(f"{Path(p).name} ({n})" for p, n in list(files.items())[:6])
+        more = f" and {len(files) - 6} more" if len(files) > 6 else ""
+        lines.append(
+            f"  replaced   {inp['replaced_chars']} invalid UTF-8 characters in {_plural(len(files), 'file')}: {shown}{more}"
+        )
+    return "\n".join(lines)
+
+
+def load_prepared(folder: str | Path) -> tuple[Any, dict[str, Any]]:
+    """The prepared splits ("train", "validation") as a DatasetDict, and the metadata dict."""
+    import datasets
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"{folder}: no such prepared folder; run bert prepare first")
+    if not is_complete(folder):
+        raise UserError(
+            f"{folder}: incomplete prepared folder (no {COMPLETE_MARKER} marker); run bert prepare again"
+        )
+    meta = json.loads((folder / "meta.json").read_text())
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise UserError(
+            f"{folder}: prepared by another version of bert (format {meta.get('format_version')}, "
+            f"this one reads {FORMAT_VERSION}); run bert prepare --force"
+        )
+    splits = datasets.DatasetDict(
+        {split: datasets.load_from_disk(str(folder / split)) for split in ("train", "validation")}
+    )
+    return splits, meta

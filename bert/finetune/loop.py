@@ -1,0 +1,363 @@
+"""`bert finetune`: one fine-tuning run per seed, evaluated every epoch, the best epoch kept.
+
+`finetune(cfg)` checks the config against the model (sequence length vs its position table), tokenises the
+task once (bert/finetune/data.py), then for every seed runs `train_one_seed`: a loop that reads top to
+bottom (train an epoch, evaluate, keep the best model by the task's metric), then writes test predictions and
+`metrics.json`. A seed whose `metrics.json` was written by the same settings is not run again (a run that was
+interrupted, or `bert glue` re-run, continues where it stopped). `results.json` and a table summarise the
+seeds (bert/finetune/report.py). Only the main process prints and writes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from bert import fs
+from bert.config import FinetuneConfig, save_config, to_dict
+from bert.errors import UserError
+from bert.finetune.data import (
+    FinetuneData,
+    LengthGroupedBatchSampler,
+    PairCollator,
+    eval_loader,
+    make_loader,
+)
+from bert.finetune.report import predict, score, summarise, table, write_predictions
+from bert.optim import Schedule, build_optimizer
+from bert.progress import Progress
+from bert.tasks import Task, load_task
+from bert.tokenizer import load_tokenizer, pair_tokenizer, tokenizer_folder
+from bert.training import make_accelerator, prepare_model
+
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
+"""Files copied beside a saved model so that the folder loads on its own (here and in `transformers`)."""
+
+
+def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
+    """Fine-tune `cfg.model_path` on `cfg.task` once per seed; returns (and writes) every result."""
+    task = load_task(cfg.task)
+    check_model(cfg)
+    accelerator, trackers, init_kwargs = _accelerator(cfg, with_trackers=True)
+    out = Path(cfg.train.output_dir)
+    with accelerator.main_process_first():
+        model_path = resolve_model_path(cfg.model_path, out, accelerator.is_main_process)
+    cfg = dataclasses.replace(cfg, model_path=str(model_path))
+    tokenizer = pair_tokenizer(load_tokenizer(tokenizer_folder(cfg.model_path)), cfg.train.max_length)
+    with accelerator.main_process_first():  # the main process fills the tokenisation cache first
+        data = FinetuneData.load(
+            task,
+            tokenizer,
+            cfg.train.max_length,
+            cfg.train.cache_dir,
+            cfg.train.predict_test,
+            cfg.task.max_train_examples,
+            cfg.task.subsample_seed,
+        )
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+        print(
+            f"finetune {task.name}: {len(data.train)} train, "
+            + ", ".join(f"{len(v)} {k}" for k, v in data.dev.items())
+            + (", " + ", ".join(f"{len(v)} {k}" for k, v in data.test.items()) if data.test else "")
+            + f" pairs; model {cfg.model_path}; {accelerator.num_processes} process(es) on {accelerator.device}",
+            flush=True,
+        )
+    if trackers:
+        from bert.tracking import hparams
+
+        accelerator.init_trackers(cfg.logging.project, config=hparams(cfg), init_kwargs=init_kwargs)
+    seeds = list(cfg.train.seeds)
+    results = []
+    for seed in seeds:
+        run_dir = out if len(seeds) == 1 else out / f"seed_{seed}"
+        prefix = "" if len(seeds) == 1 else f"seed_{seed}/"
+        done = finished_seed(run_dir, cfg, seed)
+        if done is not None:
+            if accelerator.is_main_process:
+                print(f"seed {seed}: finished earlier with these settings ({run_dir / 'metrics.json'})")
+            results.append(done)
+            continue
+        results.append(train_one_seed(cfg, task, data, accelerator, seed, run_dir, prefix))
+    summary = summarise(task, results)
+    if accelerator.is_main_process:
+        fs.atomic_write_text(out / "results.json", json.dumps(summary, indent=2) + "\n")
+        print(table(summary))
+    accelerator.end_training()
+    return summary
+
+
+def train_one_seed(
+    cfg: FinetuneConfig,
+    task: Task,
+    data: FinetuneData,
+    accelerator: Any,
+    seed: int,
+    run_dir: Path,
+    prefix: str,
+) -> dict[str, Any]:
+    from accelerate.utils import set_seed
+
+    started = time.perf_counter()
+    set_seed(seed)
+    train_cfg = cfg.train
+    model, _ = load_model(cfg.model_path, task, cfg.attn_implementation)
+    model, paths = prepare_model(model, accelerator.device, train_cfg)
+    optimizer = build_optimizer(model, cfg.optimizer)
+    sampler = LengthGroupedBatchSampler(
+        data.train.lengths, train_cfg.batch_size, seed, train_cfg.mega_batch, group=train_cfg.group_by_length
+    )
+    collator = PairCollator(data.pad_token_id, task.is_regression, train_cfg.pad_to_multiple_of)
+    train_loader = make_loader(data.train, sampler, collator, train_cfg.num_workers)
+    dev_loaders = {
+        name: eval_loader(split, collator, train_cfg.eval_batch_size, train_cfg.num_workers)
+        for name, split in data.dev.items()
+    }
+    total_steps = max(1, math.ceil(train_cfg.epochs * len(sampler)))
+    schedule = Schedule(cfg.optimizer, total_steps)
+    model, optimizer, train_loader, *dev_list = accelerator.prepare(
+        model, optimizer, train_loader, *dev_loaders.values()
+    )
+    dev_loaders = dict(zip(dev_loaders, dev_list))
+    main_split = next(iter(dev_loaders))
+    best_dir = run_dir / "best"
+
+    step, lr_step, best, best_epoch, best_state, best_record, history = 0, 0, -math.inf, 0, None, {}, []
+    progress = Progress(
+        total_steps,
+        desc=f"seed {seed}",
+        enabled=accelerator.is_main_process and cfg.logging.progress_bar,
+        interval=cfg.logging.progress_interval,
+    )
+    epochs = math.ceil(train_cfg.epochs)
+    for epoch in range(epochs):
+        model.train()
+        sampler.set_epoch(epoch)
+        loss_sum, loss_count = torch.zeros((), device=accelerator.device), 0
+        for batch in train_loader:
+            logits = model(**batch.model_inputs()).logits  # (B, C)
+            loss = task_loss(logits, batch.labels, task.is_regression)
+            accelerator.backward(loss)
+            if cfg.optimizer.max_grad_norm is not None:
+                accelerator.clip_grad_norm_(model.parameters(), cfg.optimizer.max_grad_norm)
+            lr = schedule.apply(optimizer, lr_step)
+            optimizer.step()
+            if not accelerator.optimizer_step_was_skipped:  # fp16 overflow: the schedule waits too
+                lr_step += 1
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            loss_sum += loss.detach()
+            loss_count += 1
+            if step % train_cfg.log_every == 0:
+                mean_loss = loss_sum.item() / loss_count
+                progress.update(1, loss=mean_loss)
+                accelerator.log({f"{prefix}train/loss": loss.item(), f"{prefix}train/lr": lr}, step=step)
+            else:
+                progress.update(1)
+            if step >= total_steps:
+                break
+        last = epoch == epochs - 1 or step >= total_steps
+        if not (train_cfg.eval_every_epoch or last):
+            continue
+        dev_metrics = {
+            name: score(task, predict(model, loader, accelerator, len(data.dev[name])), data.dev[name].labels)
+            for name, loader in dev_loaders.items()
+        }
+        record = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum.item() / max(loss_count, 1)}
+        record.update({f"{name}/{k}": v for name, m in dev_metrics.items() for k, v in m.items()})
+        history.append(record)
+        accelerator.log({f"{prefix}{k}": v for k, v in record.items() if k != "step"}, step=step)
+        value = dev_metrics[main_split][task.main_metric]
+        improved = value > best or best_state is None
+        if improved:
+            best, best_epoch, best_record = value, epoch + 1, record
+            unwrapped = accelerator.unwrap_model(model)
+            best_state = {k: v.detach().to("cpu", copy=True) for k, v in unwrapped.state_dict().items()}
+            if train_cfg.save_model and accelerator.is_main_process:
+                save_model(unwrapped, task, cfg.model_path, best_dir)
+        if accelerator.is_main_process:
+            shown = "  ".join(f"{name} {k} {v:.4f}" for name, m in dev_metrics.items() for k, v in m.items())
+            progress.write(
+                f"seed {seed} epoch {epoch + 1}: train loss {record['train_loss']:.4f}  {shown}"
+                + ("  (best)" if improved else "")
+            )
+        if step >= total_steps:
+            break
+    progress.close()
+    train_seconds = time.perf_counter() - started
+
+    accelerator.unwrap_model(model).load_state_dict(best_state)
+    del best_state
+    dev_best = {name: {k: best_record[f"{name}/{k}"] for k in task.metrics} for name in dev_loaders}
+    for name, split in data.test.items():
+        loader = accelerator.prepare(eval_loader(split, collator, train_cfg.eval_batch_size))
+        outputs = predict(model, loader, accelerator, len(split))
+        if accelerator.is_main_process:
+            write_predictions(
+                task, data.test_examples[name], outputs, run_dir / "predictions" / f"{name}.tsv"
+            )
+    result = {
+        "seed": seed,
+        "best_epoch": best_epoch,
+        "main_metric": task.main_metric,
+        "dev": dev_best,
+        "history": history,
+        "steps": step,
+        "seconds": round(time.perf_counter() - started, 2),
+        "train_seconds": round(train_seconds, 2),
+        "model": str(best_dir) if train_cfg.save_model else None,
+        "fast_paths": paths.names(),
+        "settings": settings_fingerprint(cfg, seed),
+    }
+    if accelerator.is_main_process:
+        fs.atomic_write_text(run_dir / "metrics.json", json.dumps(result, indent=2) + "\n")
+    accelerator.free_memory(model, optimizer)
+    return result
+
+
+# --------------------------------------------------------------------------------------- the model
+
+
+def check_model(cfg: FinetuneConfig) -> None:
+    """Before any data is read: the model folder exists, and its position table covers train.max_length."""
+    if not cfg.model_path:
+        raise UserError(
+            "model_path is not set (a model folder: this project's export or a Hugging Face BERT)"
+        )
+    path = Path(cfg.model_path)
+    if not path.is_dir():
+        raise UserError(f"{cfg.model_path}: model folder not found")
+    for config_file in (path / "config.json", path / "export" / "config.json"):
+        if config_file.is_file():
+            try:
+                positions = json.loads(config_file.read_text()).get("max_position_embeddings")
+            except ValueError:
+                raise UserError(f"{config_file}: not valid JSON") from None
+            if isinstance(positions, int) and cfg.train.max_length > positions:
+                raise UserError(
+                    f"train.max_length must be at most the model's max_position_embeddings ({positions}, "
+                    f"{config_file}), got {cfg.train.max_length}"
+                )
+            return
+
+
+def load_model(model_path: str | Path, task: Task, attn_implementation: str | None) -> tuple[Any, Any]:
+    """A sequence classifier from a model folder, with the task's output count and problem type; returns
+    (model, LoadReport). A pretrained encoder has no classifier yet: that one is expected; any other
+    missing weight is a warning naming it."""
+    import warnings
+
+    from bert.model import BertForSequenceClassification
+
+    overrides: dict[str, Any] = {
+        "num_labels": task.num_labels,
+        "problem_type": "regression" if task.is_regression else "single_label_classification",
+    }
+    if attn_implementation is not None:
+        overrides["attn_implementation"] = attn_implementation
+    model, report = BertForSequenceClassification.from_pretrained(
+        model_path, output_loading_info=True, **overrides
+    )
+    missing = [k for k in report.missing if not k.startswith("classifier.")]
+    if missing:
+        warnings.warn(
+            f"{model_path}: weights not in the checkpoint, newly initialised: {', '.join(missing)}",
+            stacklevel=2,
+        )
+    return model, report
+
+
+def resolve_model_path(path: str | Path, output_dir: Path, write: bool = True) -> Path:
+    """A folder with config.json: the path itself, a run folder's `export/`, or a training checkpoint
+    (a step folder, or a run folder's latest) exported to `<output_dir>/init_model` first."""
+    from bert.checkpoint import CHECKPOINTS, MARKER, export_checkpoint
+
+    path = Path(path)
+    if (path / "config.json").is_file():
+        return path
+    if (path / "export" / "config.json").is_file():
+        return path / "export"
+    if (path / MARKER).is_file() or (path / CHECKPOINTS).is_dir():
+        target = output_dir / "init_model"
+        if write:
+            export_checkpoint(path, target)
+        return target
+    raise UserError(f"{path}: not a model folder (no config.json) nor a training checkpoint")
+
+
+def task_loss(logits: torch.Tensor, labels: torch.Tensor, regression: bool) -> torch.Tensor:
+    """Cross-entropy over the labels, or mean squared error for regression; computed in fp32."""
+    if regression:
+        return F.mse_loss(logits.float().squeeze(-1), labels.float())  # logits (B, 1)
+    return F.cross_entropy(logits.float(), labels)  # logits (B, C)
+
+
+def save_model(model: torch.nn.Module, task: Task, model_path: str | Path, folder: Path) -> None:
+    """The model in Hugging Face layout with the tokenizer files, and the label names in config.json."""
+    import shutil
+
+    with fs.atomic_folder(folder) as temp:
+        model.save_pretrained(temp)
+        source = tokenizer_folder(model_path)
+        for name in TOKENIZER_FILES:
+            if (source / name).is_file():
+                shutil.copy2(source / name, temp / name)
+        config = json.loads((temp / "config.json").read_text())
+        names = task.labels or ["score"]
+        config["id2label"] = {str(i): n for i, n in enumerate(names)}
+        config["label2id"] = {n: i for i, n in enumerate(names)}
+        config["finetuning_task"] = task.name
+        config["architectures"] = ["BertForSequenceClassification"]
+        (temp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+# ------------------------------------------------------------------------------------------- helpers
+
+
+def settings_fingerprint(cfg: FinetuneConfig, seed: int) -> str:
+    """What decides a seed's result: the config but the seed list, where it is written and how it is shown."""
+    settings = to_dict(cfg)
+    settings["train"] = {k: v for k, v in settings["train"].items() if k not in _NOT_SETTINGS}
+    settings.pop("logging", None)
+    settings["seed"] = seed
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+_NOT_SETTINGS = {"seeds", "output_dir", "num_workers", "num_threads", "cache_dir", "log_every"}
+
+
+def finished_seed(run_dir: Path, cfg: FinetuneConfig, seed: int) -> dict[str, Any] | None:
+    """The result of `seed` if its metrics.json was written with the same settings, else None."""
+    path = run_dir / "metrics.json"
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return result if result.get("settings") == settings_fingerprint(cfg, seed) else None
+
+
+def _accelerator(cfg: FinetuneConfig, with_trackers: bool) -> tuple[Any, list[str], dict]:
+    from bert.tracking import tracker_setup
+
+    trackers, init_kwargs = ([], {})
+    run_name = cfg.logging.run_name or Path(cfg.train.output_dir).name
+    if with_trackers:
+        run_id = hashlib.sha1(str(Path(cfg.train.output_dir).resolve()).encode()).hexdigest()[:8]
+        trackers, init_kwargs = tracker_setup(cfg.logging, run_id, run_name, cfg.train.output_dir)
+    # batch_size is the global batch: every optimizer step sees batch_size rows, split over processes.
+    accelerator = make_accelerator(
+        cfg.train.mixed_precision, cfg.train.output_dir, log_with=trackers, split_batches=True
+    )
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    torch.set_num_threads(cfg.train.num_threads or max(1, len(os.sched_getaffinity(0)) // local))
+    return accelerator, trackers, init_kwargs

@@ -1,0 +1,163 @@
+"""Attention masks and token layouts: the ONE place where `attention_mask` becomes what attention needs.
+
+The rules, applied here and by the kernels in attention.py:
+
+1. `attention_mask` is (B, T) with 1 for a real token and 0 for padding (Hugging Face polarity; the opposite
+   of `nn.MultiheadAttention`'s `key_padding_mask`). The encoder needs only this key-padding mask: every
+   query may attend to every real key of its own sequence. There is never a causal mask.
+2. Padding never changes the outputs at real tokens: a real query only ever sees real keys of its own row.
+3. No row turns into NaN, in fp32, fp16 or bf16. A row without any real token (fully padded) is treated as
+   if every token were real (`key_padding_mask`), so its softmax is never over an empty set; its outputs are
+   finite, meaningless, and cannot affect other rows. Masks are boolean (True = may attend) all the way to
+   the kernel: no -inf arithmetic, and no `finfo.min` made in one dtype and cast into another (which turns
+   into -inf). The eager kernel fills masked scores with the minimum of the scores' OWN dtype.
+4. When a batch is unpadded, attention runs on the real tokens only.
+
+`AttentionMasks` builds one layout per batch, shared by the embeddings, every layer and the heads:
+
+- `PaddedLayout` ('eager' and 'sdpa'): hidden states stay (B, T, H); `key_mask` is (B, 1, 1, T) bool.
+- `UnpaddedLayout` ('unpadded'): the real tokens are gathered into (N, H) before the embeddings, N = real
+  tokens in the batch, sequences one after the other in batch order, `cu_seqlens` (B + 1,) marking where
+  each starts (MosaicBERT's and ModernBERT's layout, what flash-attn's variable-length kernel takes). Every
+  Linear, LayerNorm, GELU and dropout then runs on real tokens only. Position ids are the tokens' columns in
+  the padded batch, as in Hugging Face.
+
+Host synchronisation. Building a padded layout reads nothing back from the device. Building an unpadded one
+reads two numbers, N and the longest sequence (`max_seqlen`, which flash-attn needs), in ONE transfer per
+batch; nothing per layer. The CPU fast path (bert/model/fast) builds its own, length-bucketed, layout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+
+def key_padding_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) 1 = real, 0 = pad -> (B, T) bool, True = may attend; fully padded rows attend everywhere."""
+    keep = attention_mask.bool()
+    return keep | ~keep.any(dim=1, keepdim=True)
+
+
+def flat_index(positions: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """(B, K) positions in each row -> (B, K) indices b * T + t into the batch flattened to (B * T,)."""
+    offsets = torch.arange(positions.shape[0], device=positions.device).unsqueeze(1) * seq_len
+    return positions + offsets
+
+
+@dataclass
+class PaddedLayout:
+    """Hidden states stay (B, T, H); `key_mask` (B, 1, 1, T) bool, True = may attend (None: no mask given)."""
+
+    batch_size: int
+    seq_len: int
+    key_mask: torch.Tensor | None
+    attentions: list[torch.Tensor] | None = field(default=None, repr=False)
+    """When a list, the eager kernel appends each layer's (B, A, T, T) probabilities (output_attentions)."""
+
+    def select(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, T, ...) per-token values -> the same: nothing is removed."""
+        return tokens
+
+    def to_padded(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden  # (B, T, H)
+
+    def gather(self, hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """(B, T, H) hidden states at `positions` (B, K) -> (B, K, H)."""
+        index = positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])  # (B, K, H)
+        return hidden.gather(1, index)
+
+
+@dataclass
+class UnpaddedLayout:
+    """Real tokens only: hidden states are (N, H), the sequences one after the other."""
+
+    batch_size: int
+    seq_len: int
+    indices: torch.Tensor  # (N,) flat index b * T + t (in the padded batch) of each row
+    cu_seqlens: torch.Tensor  # (B + 1,) int32: the i-th stored sequence is rows cu_seqlens[i]:cu_seqlens[i+1]
+    max_seqlen: int  # longest stored sequence
+    key_mask: torch.Tensor  # (B, 1, 1, T) bool of the padded batch, for kernels that re-pad
+    flat_to_row: torch.Tensor  # (B * T,) row of the (N, H) tensor holding flat index b * T + t (-1: pad)
+    attentions: list[torch.Tensor] | None = field(default=None, repr=False)
+
+    def select(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, T, ...) per-token values -> (N, ...) at real tokens."""
+        return tokens.flatten(0, 1).index_select(0, self.indices)
+
+    def to_padded(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(N, ...) -> (B, T, ...) with zeros at pad tokens."""
+        out = hidden.new_zeros(self.batch_size * self.seq_len, *hidden.shape[1:])
+        out = out.index_copy(0, self.indices, hidden)
+        return out.view(self.batch_size, self.seq_len, *hidden.shape[1:])
+
+    def rows(self, positions: torch.Tensor) -> torch.Tensor:
+        """`positions` (B, K) of the padded batch -> (B, K) rows of the (N, H) hidden states; -1 at pads."""
+        return self.flat_to_row[flat_index(positions, self.seq_len)]
+
+    def gather(self, hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """(N, H) hidden states at `positions` (B, K) of the padded batch -> (B, K, H); zeros at pads."""
+        rows = self.rows(positions)  # (B, K)
+        picked = hidden[rows.clamp(min=0)]  # (B, K, H)
+        return torch.where((rows >= 0).unsqueeze(-1), picked, picked.new_zeros(()))
+
+
+Layout = PaddedLayout | UnpaddedLayout
+
+
+def padded_layout(attention_mask: torch.Tensor | None, batch_size: int, seq_len: int) -> PaddedLayout:
+    """The layout of the eager and SDPA kernels: the boolean key-padding mask, no host read."""
+    if attention_mask is None:
+        return PaddedLayout(batch_size, seq_len, None)
+    return PaddedLayout(batch_size, seq_len, key_padding_mask(attention_mask)[:, None, None, :])
+
+
+def unpadded_layout(
+    attention_mask: torch.Tensor | None, batch_size: int, seq_len: int, device: torch.device
+) -> UnpaddedLayout:
+    """The layout of the variable-length kernel: real tokens in batch order, one host read (N, max_seqlen)."""
+    if attention_mask is None:
+        attention_mask = torch.ones(batch_size, seq_len, dtype=torch.long, device=device)
+    keep = key_padding_mask(attention_mask)  # (B, T); fully padded rows count as real (rule 3)
+    device = keep.device
+    lengths = keep.sum(dim=1)  # (B,)
+    num_tokens, max_seqlen = torch.stack((lengths.sum(), lengths.max())).tolist()  # the one host read
+    # The real tokens' flat indices, in order: a stable sort puts the kept positions (key 0) first.
+    # (nonzero would do the same with a host read of its own.)
+    flat_keep = keep.reshape(-1)
+    indices = torch.argsort((~flat_keep).to(torch.uint8), stable=True)[:num_tokens]  # (N,)
+    flat_to_row = torch.full((batch_size * seq_len,), -1, dtype=torch.long, device=device)
+    flat_to_row = flat_to_row.index_copy(0, indices, torch.arange(num_tokens, device=device))
+    cu_seqlens = torch.cat((lengths.new_zeros(1), lengths.cumsum(0))).to(torch.int32)  # (B + 1,)
+    return UnpaddedLayout(
+        batch_size, seq_len, indices, cu_seqlens, max_seqlen, keep[:, None, None, :], flat_to_row
+    )
+
+
+class AttentionMasks(nn.Module):
+    """`attention_mask` (B, T) -> the layout of the configured attention path, once per batch.
+
+    A module (without parameters, so state dicts are unchanged) so that the fast path can swap in its own
+    layout builder at one place (bert.model.fast)."""
+
+    def __init__(self, implementation: str) -> None:
+        super().__init__()
+        self.implementation = implementation
+
+    def forward(
+        self,
+        attention_mask: torch.Tensor | None,
+        batch_size: int,
+        seq_len: int,
+        device: torch.device,
+        eager: bool = False,
+    ) -> Layout:
+        """`eager`: a padded layout whatever the path (attention probabilities are asked for)."""
+        if self.implementation == "unpadded" and not eager:
+            return unpadded_layout(attention_mask, batch_size, seq_len, device)
+        return padded_layout(attention_mask, batch_size, seq_len)
+
+    def extra_repr(self) -> str:
+        return self.implementation

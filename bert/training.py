@@ -1,0 +1,139 @@
+"""What the pretraining and fine-tuning loops share: the Accelerator, the model's speed set-up, the stop
+signal, sums over processes, and printing on the main process only.
+
+- `make_accelerator`: Accelerate on the CPU, one GPU, or DDP over many; sharded strategies (FSDP, DeepSpeed)
+  are refused with one line, since checkpoints are written by this project (bert/checkpoint.py) for
+  replicated models. A launch that asked for more processes than started (`accelerate launch --cpu
+  --num_processes 2` runs one) is one warning.
+- `prepare_model`: the fast paths of bert.model.fast for the device and config, or torch.compile.
+- `StopSignal`: SIGTERM/SIGINT set a flag that the loops all-reduce, so every process stops at the same step.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bert.errors import UserError
+
+
+def print0(accelerator: Any, message: str) -> None:
+    """Print on the main process only."""
+    if accelerator.is_main_process:
+        print(message, flush=True)
+
+
+def make_accelerator(
+    mixed_precision: str,
+    project_dir: str | Path,
+    log_with: list[str] | None = None,
+    gradient_accumulation_steps: int = 1,
+    split_batches: bool = False,
+) -> Any:
+    """An Accelerator for this project's loops (module docstring)."""
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration, DistributedType
+
+    accelerator = Accelerator(
+        mixed_precision=mixed_precision,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        log_with=log_with or None,
+        project_dir=str(project_dir),
+        dataloader_config=DataLoaderConfiguration(split_batches=split_batches),
+        # without a GPU, Accelerate only detects torchrun's processes (gloo) when told it runs on the CPU
+        cpu=not torch.cuda.is_available(),
+    )
+    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        raise UserError(
+            f"distributed type {accelerator.distributed_type.value} is not supported: checkpoints are written "
+            "for replicated (DDP) models; BERT-large trains in DDP on one 16 GB GPU per process"
+        )
+    warning = launch_mismatch(accelerator.num_processes)
+    if warning and accelerator.is_main_process:
+        print(f"warning: {warning}", file=sys.stderr, flush=True)
+    return accelerator
+
+
+def launch_mismatch(num_processes: int, parent_cmdline: list[str] | None = None) -> str | None:
+    """A warning when the launcher asked for another number of processes than started, where visible:
+    WORLD_SIZE, or `--num_processes N` on the command line of `accelerate launch` (our parent)."""
+    world = os.environ.get("WORLD_SIZE")
+    if world and world.isdigit() and int(world) != num_processes:
+        return f"WORLD_SIZE={world} but {num_processes} process(es) joined"
+    if parent_cmdline is None:
+        try:
+            raw = Path(f"/proc/{os.getppid()}/cmdline").read_bytes()
+            parent_cmdline = raw.decode(errors="replace").split("\0")
+        except OSError:
+            return None
+    if not any(part.endswith("accelerate") or "accelerate" in part.split("/")[-1] for part in parent_cmdline):
+        return None
+    for flag in ("--num_processes", "--num-processes"):
+        if flag in parent_cmdline:
+            index = parent_cmdline.index(flag) + 1
+            asked = parent_cmdline[index] if index < len(parent_cmdline) else ""
+            if asked.isdigit() and int(asked) != num_processes:
+                hint = ""
+                if "--cpu" in parent_cmdline:
+                    hint = (
+                        f"; `accelerate launch --cpu` starts one process: for {asked} CPU processes run "
+                        f"`torchrun --nproc_per_node {asked} -m bert.cli ...`"
+                    )
+                return f"the launcher asked for {asked} processes, {num_processes} started{hint}"
+    return None
+
+
+def prepare_model(model: torch.nn.Module, device: torch.device, train_cfg: Any) -> tuple[Any, Any]:
+    """Swap in the fast paths that `bert.model.fast.select` picks, or compile; returns (model, paths)."""
+    from bert.model import fast
+
+    paths = fast.select(device, train_cfg.fast_paths, compile=train_cfg.compile)
+    fast.enable(model, paths)
+    if train_cfg.compile:
+        model.compile(backend=train_cfg.compile_backend)  # in place: state dict keys unchanged
+    return model, paths
+
+
+def all_reduce_sum(accelerator: Any, values: list[float]) -> list[float]:
+    """Sum a few numbers over processes in one collective (float64 on the accelerator's device)."""
+    tensor = torch.tensor(values, dtype=torch.float64, device=accelerator.device)
+    if accelerator.num_processes > 1:
+        tensor = accelerator.reduce(tensor, reduction="sum")
+    return tensor.tolist()
+
+
+def broadcast_token(accelerator: Any, token: str) -> str:
+    """The main process's `token`, on every process."""
+    if accelerator.num_processes == 1:
+        return token
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([token])[0]
+
+
+class StopSignal:
+    """SIGTERM/SIGINT set `requested` (the handler does nothing else); a second SIGINT interrupts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. inside a notebook worker): no handler
+                pass
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
