@@ -137,7 +137,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         paths = fast_paths if side == "ours" else fast.FastPaths.none()
         model = fast.enable(model.to(device).train(), paths)
         if side == "compiled":
-            model.compile()
+            model.compile(backend=getattr(args, "compile_backend", "inductor"))
         steps[side] = (_our_step(model, batch, autocast, paths.cross_entropy(), pretraining_loss), model)
     if "reference" in sides:
         try:
@@ -278,7 +278,8 @@ def _print_table(result: dict[str, Any]) -> None:
         f"real tokens={result['real_tokens']} ({result['real_fraction']:.0%}) P={result['masked_slots_P']} "
         f"adamw={result['adamw']} load={result['load_average'][0]:.2f}"
     )
-    print(f"fast paths of 'ours': {', '.join(result['fast_paths']) or 'none'}")
+    if "ours" in result["sides"]:
+        print(f"fast paths of 'ours': {', '.join(result['fast_paths']) or 'none'}")
     print(
         f"{'side':<12} {'step (median)':>14} {'real tokens/s':>14} {'CPU time/step':>14} "
         f"{'model TFLOP/s':>14} {'MFU':>6} {'vs reference':>13}"

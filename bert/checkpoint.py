@@ -29,17 +29,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 import re
 import shutil
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from bert import fs
 from bert.errors import UserError
+from bert.safe_state import CheckpointError, load_rng, load_state_tree, read_json, save_rng, save_state_tree
+
+__all__ = ["CheckpointError", "Checkpointer", "load_state_tree", "save_state_tree", "save_rng", "load_rng"]
 
 CHECKPOINTS = "checkpoints"
 """Sub-folder of the run folder holding the step folders."""
@@ -55,10 +56,6 @@ META_KEYS = ("step", "data", "counters", "run_id", "config")
 _STEP_RE = re.compile(r"^step_(\d+)$")
 
 
-class CheckpointError(Exception):
-    """A checkpoint file that is missing, damaged or unreadable; the message names it."""
-
-
 def step_folder(run_dir: str | Path, step: int) -> Path:
     """Path of the checkpoint of optimizer step `step`."""
     return Path(run_dir) / CHECKPOINTS / f"step_{step:07d}"
@@ -66,120 +63,6 @@ def step_folder(run_dir: str | Path, step: int) -> Path:
 
 def rng_file(rank: int) -> str:
     return f"rng_{rank}.safetensors"
-
-
-# ------------------------------------------------------------------------------- state <-> files, no pickle
-
-
-def _split_tensors(value: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
-    """A nested state (dicts, lists, tuples, numbers, tensors) -> JSON with {"tensor": key} placeholders."""
-    if isinstance(value, torch.Tensor):
-        key = prefix.strip(".") or "value"
-        tensors[key] = value.detach().cpu().contiguous()
-        return {"tensor": key}
-    if isinstance(value, dict):
-        return {"dict": [[k, _split_tensors(v, f"{prefix}{k}.", tensors)] for k, v in value.items()]}
-    if isinstance(value, (list, tuple)):
-        items = [_split_tensors(v, f"{prefix}{i}.", tensors) for i, v in enumerate(value)]
-        return {"tuple" if isinstance(value, tuple) else "list": items}
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    raise TypeError(f"cannot store a {type(value).__name__} in a checkpoint without pickle")
-
-
-def _join_tensors(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
-    if isinstance(value, dict):
-        if "tensor" in value:
-            return tensors[value["tensor"]]
-        if "dict" in value:
-            # keys were ints (optimizer state ids) or strings; JSON keeps them in a list of pairs
-            return {k: _join_tensors(v, tensors) for k, v in value["dict"]}
-        if "list" in value:
-            return [_join_tensors(v, tensors) for v in value["list"]]
-        if "tuple" in value:
-            return tuple(_join_tensors(v, tensors) for v in value["tuple"])
-    return value
-
-
-def save_state_tree(state: Any, tensors_path: Path | None, json_path: Path) -> None:
-    """Write a nested state: its tensors to `tensors_path` (safetensors), the rest to `json_path`."""
-    from safetensors.torch import save_file
-
-    tensors: dict[str, torch.Tensor] = {}
-    skeleton = _split_tensors(state, "", tensors)
-    if tensors:
-        if tensors_path is None:
-            raise TypeError(f"{json_path.name}: the state holds tensors but has no tensor file")
-        save_file(tensors, str(tensors_path))
-    json_path.write_text(json.dumps(skeleton) + "\n")
-
-
-def load_state_tree(tensors_path: Path | None, json_path: Path) -> Any:
-    """Read what `save_state_tree` wrote (tensors on the CPU)."""
-    from safetensors.torch import load_file
-
-    skeleton = _read_json(json_path)
-    tensors = {}
-    if tensors_path is not None and tensors_path.exists():
-        try:
-            tensors = load_file(str(tensors_path))
-        except Exception as err:  # safetensors raises its own error types
-            raise CheckpointError(f"{tensors_path.name}: unreadable ({err})") from None
-    try:
-        return _join_tensors(skeleton, tensors)
-    except (KeyError, TypeError, ValueError) as err:
-        where = getattr(tensors_path, "name", "")
-        raise CheckpointError(f"{json_path.name}: does not match {where} ({err})") from None
-
-
-def save_rng(path: Path) -> None:
-    """This process's Python, NumPy, torch and CUDA RNG states as safetensors (numbers in the metadata)."""
-    from safetensors.torch import save_file
-
-    version, python_state, gauss = random.getstate()
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    tensors = {
-        "python": torch.tensor(python_state, dtype=torch.int64),
-        "numpy": torch.from_numpy(keys.astype(np.int64)),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        for i, state in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"cuda_{i}"] = state
-    # One metadata key: safetensors writes several in no fixed order, and the file must be byte-identical
-    # for identical states.
-    numbers = {"python": [version, gauss], "numpy": [kind, pos, has_gauss, cached]}
-    save_file(tensors, str(path), metadata={"numbers": json.dumps(numbers)})
-
-
-def load_rng(path: Path) -> None:
-    """Restore what `save_rng` wrote; a missing or damaged file is a CheckpointError, never skipped."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-            tensors = {key: f.get_tensor(key) for key in f.keys()}
-        numbers = json.loads(metadata["numbers"])
-        version, gauss = numbers["python"]
-        kind, pos, has_gauss, cached = numbers["numpy"]
-        python_state = (version, tuple(int(x) for x in tensors["python"].tolist()), gauss)
-        numpy_state = (kind, tensors["numpy"].numpy().astype(np.uint32), pos, has_gauss, cached)
-        cuda = [tensors[f"cuda_{i}"] for i in range(len(tensors)) if f"cuda_{i}" in tensors]
-        random.setstate(python_state)
-        np.random.set_state(numpy_state)
-        torch.set_rng_state(tensors["torch"])
-        if cuda and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(cuda)
-    except Exception as err:  # safetensors' own errors, a missing key, a wrong shape: all the same to us
-        raise CheckpointError(f"{path.name}: the RNG states cannot be restored ({err})") from None
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"{path.name}: unreadable ({err})") from None
 
 
 # ------------------------------------------------------------------------------------------- the marker
@@ -243,7 +126,7 @@ def verify(folder: str | Path) -> str | None:
         if file_hash(path) != entry["sha256"]:
             return f"{name}: content differs from its hash (damaged)"
     try:
-        meta = _read_json(folder / META)
+        meta = read_json(folder / META)
     except CheckpointError as err:
         return str(err)
     missing = [key for key in META_KEYS if key not in meta]
@@ -390,7 +273,7 @@ class Checkpointer:
         from bert.model.convert import load_weights
 
         accelerator = self.accelerator
-        meta = _read_json(folder / META)
+        meta = read_json(folder / META)
         try:
             state = load_file(str(folder / MODEL))
         except Exception as err:  # safetensors raises its own error types
@@ -455,58 +338,3 @@ def check_compatible(folder: Path, saved: dict[str, Any], current: dict[str, Any
             "(use another train.output_dir, or train.overwrite=true to start over, or train.init_from for "
             "weights only)"
         )
-
-
-# ------------------------------------------------------------------------------------------------- export
-
-
-def copy_tokenizer(source: str | Path | None, output: str | Path) -> None:
-    """Copy a Hugging Face tokenizer folder's files into `output` (no-op when source is None)."""
-    if source is None or not Path(source).is_dir():
-        return
-    for path in Path(source).iterdir():
-        if path.is_file():
-            shutil.copy2(path, Path(output) / path.name)
-
-
-def write_export(model: Any, tokenizer_dir: str | Path | None, output: str | Path) -> Path:
-    """Save `model` (on the CPU) with its tokenizer as a Hugging Face folder, atomically."""
-    with fs.atomic_folder(output) as temp:
-        model.save_pretrained(temp)
-        copy_tokenizer(tokenizer_dir, temp)
-    return Path(output)
-
-
-def export_checkpoint(checkpoint: str | Path, output: str | Path) -> Path:
-    """`bert export`: write a checkpoint (a step folder, or a run folder's latest) as a Hugging Face folder.
-
-    The checkpoint is verified (sizes and hashes) first. The result holds config.json, model.safetensors and
-    the tokenizer; `transformers.BertForPreTraining` and `bert finetune` load it.
-    """
-    from safetensors.torch import load_file
-
-    from bert.model import BertForPreTraining
-    from bert.model.config import BertConfig
-    from bert.model.convert import load_weights
-
-    folder = Path(checkpoint)
-    if not folder.is_dir():
-        raise UserError(f"{folder}: no such checkpoint folder")
-    if not (folder / MARKER).exists() and (folder / CHECKPOINTS).is_dir():
-        latest = latest_checkpoint(folder)
-        if latest is None:
-            raise UserError(f"{folder}: run folder has no complete checkpoint")
-        folder = latest
-    problem = verify(folder)
-    if problem is not None:
-        raise UserError(f"{folder}: not a usable checkpoint: {problem}")
-    meta = read_meta(folder)
-    model = BertForPreTraining(BertConfig.from_dict(meta["config"]["model"]))
-    report = load_weights(model, load_file(str(folder / MODEL)), str(folder / MODEL))
-    if report.missing or report.unexpected:
-        raise UserError(
-            f"{folder / MODEL}: weights do not match the model: missing {report.missing}, "
-            f"unexpected {report.unexpected}"
-        )
-    with torch.no_grad():
-        return write_export(model, folder / "tokenizer", output)

@@ -109,7 +109,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from bert.checkpoint import export_checkpoint
+    from bert.export import export_checkpoint
 
     export_checkpoint(args.checkpoint, args.output)
     return 0
@@ -328,6 +328,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated sides to time, of: ours (with --fast-paths), plain (ours, no fast paths), "
         "compiled (ours under torch.compile, no fast paths), reference (transformers); default "
         "ours,reference",
+    )
+    p.add_argument(
+        "--compile-backend",
+        default="inductor",
+        help="torch.compile backend of the 'compiled' side (default inductor; eager/aot_eager trace only)",
     )
     p.add_argument(
         "--fast-paths",

@@ -26,7 +26,16 @@ from bert.typed_yaml import (
     to_dict,
 )
 
-__all__ = [  # the loading engine is part of this module's interface
+__all__ = [  # the schema, and the loading engine as part of this module's interface
+    "DataConfig",
+    "FinetuneConfig",
+    "FinetuneTrainConfig",
+    "LoggingConfig",
+    "OptimizerConfig",
+    "PretrainConfig",
+    "SyntheticConfig",
+    "TaskConfig",
+    "TrainConfig",
     "CONFIG_ROOT",
     "ConfigError",
     "build",

@@ -309,6 +309,14 @@ def _coerce(value: Any, tp: Any, dotted: str, base_dir: Path, section: str) -> A
                 continue
         raise fail()
     if origin is Literal:
+        if isinstance(value, bool):  # YAML 1.1 reads no/off/yes/on as booleans; take the word back
+            words = [
+                w
+                for w in (("no", "off", "false") if not value else ("yes", "on", "true"))
+                if w in get_args(tp)
+            ]
+            if words:
+                return words[0]
         if value in get_args(tp):
             return value
         raise ConfigError(f"{dotted}: expected one of {_type_name(tp)}, got {value!r}")

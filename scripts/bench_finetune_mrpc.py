@@ -88,8 +88,9 @@ def run_reference(data: Path, seed: int, threads: int | None) -> dict:
     import torch
     from transformers import AutoTokenizer, BertForSequenceClassification, get_linear_schedule_with_warmup
 
+    from bert.config import TaskConfig
     from bert.glue_metrics import accuracy, f1
-    from bert.tasks import TaskConfig, load_task
+    from bert.tasks import load_task
 
     start = time.perf_counter()
     torch.manual_seed(seed)

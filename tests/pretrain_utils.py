@@ -54,7 +54,7 @@ def tiny_overrides(cache_dir: Path, run_dir: Path, *extra: str) -> list[str]:
     return [*TINY, f"data.cache_dir={cache_dir}", f"train.output_dir={run_dir}", *extra]
 
 
-def tiny_config(cache_dir: Path, run_dir: Path, *extra: str) -> PretrainConfig:
+def tiny_pretrain_config(cache_dir: Path, run_dir: Path, *extra: str) -> PretrainConfig:
     return load_config(PretrainConfig, None, tiny_overrides(cache_dir, run_dir, *extra))
 
 
@@ -62,7 +62,7 @@ def prepare_tiny(cache_dir: Path) -> Path:
     """The tiny prepared dataset (reused when already there with the same settings)."""
     from bert.data.prepare import run_prepare
 
-    return run_prepare(tiny_config(cache_dir, cache_dir / "unused"), progress=False)
+    return run_prepare(tiny_pretrain_config(cache_dir, cache_dir / "unused"), progress=False)
 
 
 def reset_accelerate() -> None:
@@ -85,7 +85,7 @@ def pretrain_here(
     torch.set_num_threads(1)
     try:
         return pretrain(
-            tiny_config(cache_dir, run_dir, *extra), hooks(faults, run_dir if record_ids else None)
+            tiny_pretrain_config(cache_dir, run_dir, *extra), hooks(faults, run_dir if record_ids else None)
         )
     finally:
         reset_accelerate()

@@ -152,6 +152,7 @@ def test_prepare_errors(tmp_path):
     assert (tmp_path / "mine" / "notes.doc").exists()
 
 
+@pytest.mark.e2e
 def test_cli_prepare_and_inspect(prepared, tmp_path, capsys):
     from bert.cli import main
     from bert.data.show import run_inspect
@@ -202,6 +203,7 @@ def test_num_proc_does_not_change_the_data(tmp_path, monkeypatch):
 SHARED_CORPUS = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "corpus"
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 @pytest.mark.skipif(not SHARED_CORPUS.is_dir(), reason="../shared/data/corpus is absent")
 def test_real_corpus_end_to_end(tmp_path):

@@ -177,6 +177,7 @@ def test_collator_pads_with_the_tokenizer_pad_id_and_masks_padding():
 # -------------------------------------------------------------------------------------------- end to end
 
 
+@pytest.mark.e2e
 def test_finetune_tiny_model_learns_and_writes_outputs(tiny_run):
     result = json.loads((tiny_run / "metrics.json").read_text())
     history = result["history"]
@@ -196,6 +197,7 @@ def test_finetune_tiny_model_learns_and_writes_outputs(tiny_run):
     assert summary["mean_std"]["dev/accuracy"]["mean"] == result["dev"]["dev"]["accuracy"]
 
 
+@pytest.mark.e2e
 def test_evaluate_reproduces_the_saved_metric(tiny_run, tmp_path):
     saved = json.loads((tiny_run / "metrics.json").read_text())["dev"]["dev"]
     out = tmp_path / "eval.json"
@@ -210,6 +212,7 @@ def test_evaluate_reproduces_the_saved_metric(tiny_run, tmp_path):
     assert Path(preds["test"]["predictions"]).read_text().splitlines()[0] == "index\tprediction"
 
 
+@pytest.mark.e2e
 def test_several_seeds_report_mean_and_std(tiny, capsys):
     root, model, files = tiny
     cfg = load_config(
@@ -226,6 +229,7 @@ def test_several_seeds_report_mean_and_std(tiny, capsys):
     assert "mean" in capsys.readouterr().out
 
 
+@pytest.mark.e2e
 def test_regression_task_writes_scores(tiny):
     root, model, _ = tiny
     rng = random.Random(1)
@@ -268,6 +272,7 @@ def test_model_folder_without_tokenizer_is_one_clear_line(tmp_path, capsys):
     )
 
 
+@pytest.mark.e2e
 def test_missing_model_path_and_label_count_mismatch(tiny_run, tmp_path):
     with pytest.raises(UserError, match="model_path is not set"):
         finetune(FinetuneConfig())

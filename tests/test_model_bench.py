@@ -26,6 +26,7 @@ def test_realistic_batch_has_pretraining_shape_and_statistics():
     assert (mask[rows[used], positions[used]] == 1).all()
 
 
+@pytest.mark.e2e
 def test_bench_command_runs_both_models(tmp_path, capsys):
     out = tmp_path / "bench.json"
     args = [

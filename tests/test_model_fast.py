@@ -139,7 +139,8 @@ def test_enable_keeps_parameters_names_and_tying():
     assert model.cls.predictions.decoder.weight is model.bert.embeddings.word_embeddings.weight
     kinds = {type(m).__name__ for m in model.modules()}
     assert {"HeadRowsEncoder", "FastAttention", "BucketedMasks", "CheapDropout", "FastDecoder"} <= kinds
-    assert {"TiedWordEmbedding", "FastLMPredictionHead"} <= kinds and "Dropout" not in kinds
+    assert {"TiedWordEmbedding", "FastLMPredictionHead", "FusedQKVSelfAttention"} <= kinds
+    assert "Dropout" not in kinds and "BertSelfAttention" not in kinds
 
 
 def test_select_decides_by_device_mode_and_compile():

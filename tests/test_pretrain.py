@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pretrain_utils import (  # noqa: E402
+from bert import checkpoint as ckpt
+from bert.errors import UserError
+from tests.pretrain_utils import (
     metrics,
-    prepare_tiny,
     pretrain_here,
     recorded_ids,
     run_cli,
@@ -20,17 +19,14 @@ from pretrain_utils import (  # noqa: E402
     weights,
 )
 
-from bert import checkpoint as ckpt  # noqa: E402
-from bert.errors import UserError  # noqa: E402
-
 NO_DROPOUT = ("model.hidden_dropout_prob=0", "model.attention_probs_dropout_prob=0")
 
+pytestmark = pytest.mark.e2e  # every test here runs whole pretraining jobs
 
-@pytest.fixture(scope="session")
-def cache(tmp_path_factory) -> Path:
-    cache_dir = tmp_path_factory.getbasetemp() / "prepared"
-    prepare_tiny(cache_dir)
-    return cache_dir
+
+@pytest.fixture(scope="module")
+def cache(tiny_data) -> Path:
+    return tiny_data
 
 
 def _final(run_dir: Path, step: int = 6) -> dict[str, torch.Tensor]:
@@ -131,3 +127,16 @@ def test_init_from_loads_weights_without_resuming(cache, tmp_path):
     assert second["step"] == 1  # a fresh run (not a resume of step 2), starting from a's weights
     a, b = weights(first["export"]), weights(second["export"])
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_compiled_training_runs_and_saves_plain_names(cache, tmp_path):
+    """train.compile=true traces the model (backend 'eager': no code generation on 2 cores)."""
+    run = tmp_path / "run"
+    result = pretrain_here(
+        cache, run, "train.max_steps=2", "model.attn_implementation=sdpa", "train.compile=true",
+        "train.compile_backend=eager",
+    )  # fmt: skip
+    assert result["step"] == 2
+    saved = weights(ckpt.step_folder(run, 2))
+    assert saved and not any(k.startswith("_orig_mod") for k in saved)
+    assert ckpt.read_meta(ckpt.step_folder(run, 2))["config"]["train"]["compile"] is True

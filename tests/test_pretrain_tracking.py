@@ -1,16 +1,11 @@
 """Dashboard settings (bert/tracking.py): wandb mode detection, one run id, no secrets in hyper-parameters."""
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pretrain_utils import prepare_tiny, pretrain_here  # noqa: E402
-
-from bert import tracking  # noqa: E402
-from bert.config import LoggingConfig, PretrainConfig  # noqa: E402
-from bert.tracking import MetricsFile, hparams, new_run_id, tracker_setup, wandb_mode  # noqa: E402
+from bert import tracking
+from bert.config import LoggingConfig, PretrainConfig
+from bert.tracking import MetricsFile, hparams, new_run_id, tracker_setup, wandb_mode
+from tests.pretrain_utils import prepare_tiny, pretrain_here
 
 
 def test_wandb_offline_without_a_key_online_with_one(monkeypatch, tmp_path):
@@ -88,6 +83,7 @@ def test_metrics_file_is_cut_back_to_what_a_checkpoint_saw(tmp_path):
     assert [e["step"] for e in again.entries()] == [1, 2, 3]
 
 
+@pytest.mark.e2e
 def test_a_run_writes_tensorboard_events_and_an_offline_wandb_run(monkeypatch, tmp_path):
     """The dashboards for real: a 6-step tiny run with both trackers leaves the metrics in both."""
     pytest.importorskip("tensorboard")

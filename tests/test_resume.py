@@ -5,28 +5,25 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pretrain_utils import prepare_tiny, pretrain_here, recorded_ids, run_cli  # noqa: E402
-
-from bert import checkpoint as ckpt  # noqa: E402
-from bert.sampler import ShardedBatchSampler  # noqa: E402
+from bert import checkpoint as ckpt
+from bert.sampler import ShardedBatchSampler
+from tests.pretrain_utils import pretrain_here, recorded_ids, run_cli
 
 # Dropout stays on: an exact resume must restore the RNG too. Evaluation every 2 steps; the data order is
 # recorded (record_ids) by every run.
 RUN = ("train.eval_every=2",)
 
+pytestmark = pytest.mark.e2e  # every test here runs whole pretraining jobs
+
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    cache_dir = tmp_path_factory.getbasetemp() / "prepared"
-    prepare_tiny(cache_dir)
-    return cache_dir
+def cache(tiny_data) -> Path:
+    return tiny_data
 
 
 @pytest.fixture(scope="module")

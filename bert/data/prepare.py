@@ -28,6 +28,7 @@ import json
 import os
 import random
 import shutil
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -445,6 +446,7 @@ def run_prepare(
     fingerprints = [item.fingerprint() for item in inputs]
     key = cache_key(data_cfg, fingerprints)
     out = Path(output_dir) if output_dir is not None else Path(data_cfg.cache_dir) / key
+    fs.remove_stale_temps(out.parent)  # leftovers of prepares that died (a live one's are kept)
     if out.exists() and not force and is_complete(out):
         meta = json.loads((out / "meta.json").read_text())
         if meta.get("fingerprint") == key:
@@ -454,15 +456,16 @@ def run_prepare(
     if out.exists() and any(out.iterdir()) and not (out / "meta.json").exists() and not looks_prepared(out):
         raise UserError(f"{out}: exists and is not a prepared dataset; choose another --output or remove it")
 
-    fs.remove_stale_temps(out.parent)  # leftovers of prepares that died (a live one's are kept)
+    # Live bars on a terminal only: in a log file every redraw would be a line.
+    bars = progress and sys.stderr.isatty()
     was_enabled = datasets.is_progress_bar_enabled()
-    if not progress:
+    if not bars:
         datasets.disable_progress_bars()
     try:
         with fs.atomic_folder(out) as work:
-            meta = _prepare_into(work, data_cfg, inputs, stats, fingerprints, key, started, progress)
+            meta = _prepare_into(work, data_cfg, inputs, stats, fingerprints, key, started, bars)
     finally:
-        if was_enabled and not progress:
+        if was_enabled and not bars:
             datasets.enable_progress_bars()
     if progress:
         print(summary(out, meta))

@@ -280,7 +280,8 @@ def load_model(model_path: str | Path, task: Task, attn_implementation: str | No
 def resolve_model_path(path: str | Path, output_dir: Path, write: bool = True) -> Path:
     """A folder with config.json: the path itself, a run folder's `export/`, or a training checkpoint
     (a step folder, or a run folder's latest) exported to `<output_dir>/init_model` first."""
-    from bert.checkpoint import CHECKPOINTS, MARKER, export_checkpoint
+    from bert.checkpoint import CHECKPOINTS, MARKER
+    from bert.export import export_checkpoint
 
     path = Path(path)
     if (path / "config.json").is_file():

@@ -1,36 +1,13 @@
-"""`bert pretrain`: the MLM + NSP pretraining loop, on one CPU, one GPU, or many GPUs and nodes.
-
-`pretrain(cfg)` sets a run up (`Run.start`), runs `train`, the loop, which reads top to bottom over named
-results (`train_step` -> `StepResult`, `evaluate` -> metrics), and tears the run down in one place
-(`Run.close`). The same code runs under `accelerate launch` and `torchrun`.
-
-Loss normalisation (bert/losses.py). The MLM loss of an optimizer step is the sum of token losses over ALL
-masked tokens of the global batch (every micro-batch of the step, on every process) divided by their count;
-the NSP loss the same over sequences. The step's micro-batches are fetched first and their counts
-all-reduced; each micro-batch then backpropagates its share of the global losses, so one step of batch B
-equals k accumulated steps of B / k, and N processes equal one.
-
-Fault tolerance (bert/checkpoint.py). A checkpoint every `save_every` steps; the run resumes from the newest
-checkpoint that verifies when the same command is re-run: weights, optimizer, grad scaler, every process's
-RNG, the data position (bert.sampler.ShardedBatchSampler starts there, no replay), the dashboard run, and
-metrics.jsonl cut back to what that checkpoint had seen. SIGTERM/SIGINT set a flag, all-reduced once per step
-(and per evaluation batch), so every process finishes the step, saves the same checkpoint and exits 0. A
-non-finite loss or gradient norm on any process skips the optimizer step everywhere; no checkpoint is saved
-while such steps continue, and too many in a row stop the run. One run per output folder (a lock).
-
-On resume, optimizer hyper-parameters, the schedule and train.max_steps follow the config given now (the lr
-of each step is a function of it, bert.optim.Schedule); changed values are named in one line. What the saved
-weights or data position depend on (model shape, tokenizer, batch size, processes) must not change.
+"""A pretraining run: `Run.start` (lock, data, model, resume, dashboards), saving, logging and export, and
+`Run.close`, the one teardown.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import resource
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +16,11 @@ from torch.utils.data import DataLoader
 
 from bert import checkpoint as ckpt
 from bert import fs
-from bert.batch import PretrainingBatch
 from bert.config import PretrainConfig, flatten, save_config, to_dict
 from bert.errors import UserError
-from bert.hooks import TrainHooks
-from bert.losses import gradient_factor, pretraining_loss
-from bert.metrics import MetricTotals, example_stats
+from bert.export import write_export
 from bert.optim import Schedule, apply_hyperparameters, build_optimizer
+from bert.pretrain.step import RunState, Window
 from bert.progress import Progress
 from bert.sampler import EpochDataset, ShardedBatchSampler
 from bert.tracking import MetricsFile, hparams, new_run_id, tracker_setup
@@ -58,277 +33,7 @@ from bert.training import (
     print0,
 )
 
-
-def pretrain(cfg: PretrainConfig, hooks: TrainHooks | None = None) -> dict[str, Any]:
-    """Train `cfg.model` on `cfg.data` for `cfg.train.max_steps` steps; returns the final figures."""
-    run = Run.start(cfg)
-    try:
-        return train(run, hooks or TrainHooks())
-    finally:
-        run.close()
-
-
-def train(run: Run, hooks: TrainHooks) -> dict[str, Any]:
-    """The loop: fetch a step's batches, step, log, evaluate, save; then the final evaluation and export."""
-    cfg, accelerator, state = run.cfg, run.accelerator, run.state
-    k, max_steps = cfg.train.gradient_accumulation_steps, cfg.train.max_steps
-    window = Window()
-    if cfg.train.eval_at_start and state.step == 0:
-        run.log("eval", evaluate(run, hooks).metrics)
-    while state.step < max_steps:
-        batches = [next(run.batches) for _ in range(k)]
-        hooks.on_batches(state.step + 1, batches, accelerator.process_index)
-        result = train_step(run, batches, hooks)
-        state.advance(result, run.sampler, k)
-        window.add(result)
-        run.progress.update(1, loss=result.loss, tok_s=window.tokens_per_s())
-
-        if not result.finite:
-            run.print(f"step {state.step}: non-finite loss or gradient norm on some process, step skipped")
-            if state.nonfinite_streak >= cfg.train.max_nonfinite_steps:
-                latest = ckpt.latest_checkpoint(run.run_dir)
-                raise UserError(
-                    f"stopping at step {state.step}: {state.nonfinite_streak} consecutive steps had a "
-                    f"non-finite loss or gradient norm (train.max_nonfinite_steps="
-                    f"{cfg.train.max_nonfinite_steps}); latest healthy checkpoint: {latest or 'none'}; "
-                    "try a lower optimizer.lr or more warmup",
-                    exit_code=1,
-                )
-        if state.step % cfg.train.log_every == 0 or state.step == max_steps:
-            run.log("train", window.flush(run, result.lr))
-
-        stop = result.stop_requested
-        if not stop and cfg.train.eval_every and state.step % cfg.train.eval_every == 0:
-            evaluation = evaluate(run, hooks)
-            stop = evaluation.interrupted
-            if not stop:
-                run.log("eval", evaluation.metrics)
-        if stop:
-            saved = run.save()
-            where = f"saved step {state.step} to {saved}" if saved else "nothing saved"
-            run.print(f"stop signal: {where}; exiting 0")
-            return run.result(stopped=True)
-        if cfg.train.save_every and state.step % cfg.train.save_every == 0:
-            run.save()
-
-    if not run.evaluated_at(state.step):
-        run.log("eval", evaluate(run, hooks).metrics)
-    if not ckpt.step_folder(run.run_dir, state.step).exists():
-        run.save()
-    run.export()
-    return run.result(stopped=False)
-
-
-# ------------------------------------------------------------------------------------------- one step
-
-
-@dataclass
-class StepResult:
-    """What one optimizer step did, summed over its micro-batches and all processes."""
-
-    mlm_loss: float  # the global batch's MLM loss (sum over masked tokens / their count)
-    nsp_loss: float
-    mlm_correct: float
-    nsp_correct: float
-    masked: float  # MLM-labelled slots of the global batch
-    nsp_labelled: float
-    sequences: float
-    tokens: float  # real (non-pad) tokens
-    grad_norm: float
-    lr: float
-    finite: bool  # False: the optimizer step was skipped on every process
-    stop_requested: bool  # a stop signal reached some process
-
-    @property
-    def loss(self) -> float:
-        return self.mlm_loss + self.nsp_loss
-
-
-def train_step(run: Run, batches: list[PretrainingBatch], hooks: TrainHooks) -> StepResult:
-    """Forward and backward of the step's micro-batches (gradients sync on the last), then one optimizer
-    step at the lr of this step, skipped everywhere if any process saw a non-finite value."""
-    accelerator, model, optimizer = run.accelerator, run.model, run.optimizer
-    step = run.state.step  # 0-based index of this step
-    counts = reduce_named(
-        accelerator,
-        {
-            "masked": sum(b.num_masked() for b in batches),
-            "nsp_labelled": sum(b.num_nsp_labels() for b in batches),
-            "sequences": sum(b.num_sequences for b in batches),
-            "tokens": sum(b.num_real_tokens() for b in batches),
-        },
-    )
-    factor = gradient_factor(accelerator.num_processes, len(batches))
-    sums = {name: torch.zeros((), dtype=torch.float64, device=accelerator.device) for name in _SUMS}
-    for i, batch in enumerate(batches):
-        batch = batch.to(accelerator.device, non_blocking=True)
-        with accelerator.accumulate(model):
-            outputs = model(**batch.model_inputs())
-            losses = pretraining_loss(
-                outputs, batch, max(counts["masked"], 1.0), counts["nsp_labelled"], run.cross_entropy
-            )
-            accelerator.backward(losses.loss * factor)
-            for name in _SUMS:
-                sums[name] += getattr(losses, name).detach().double()
-            hooks.after_backward(step + 1, i)
-    if not accelerator.sync_gradients:  # Accelerate's own counter must agree with ours
-        raise RuntimeError(f"step {step + 1}: gradients were not synchronised on the last micro-batch")
-
-    hooks.before_optimizer_step(step + 1, model, accelerator.process_index)
-    norm = accelerator.clip_grad_norm_(model.parameters(), run.cfg.optimizer.max_grad_norm or float("inf"))
-    norm = torch.as_tensor(norm, device=accelerator.device).double()
-    bad = ~(torch.isfinite(norm) & torch.isfinite(sums["mlm_loss"] + sums["nsp_loss"]))
-    stop = torch.tensor(float(run.stop.requested), dtype=torch.float64, device=accelerator.device)
-    # One collective: the step's sums, the non-finite flag and the stop flag of every process.
-    totals = reduce_named(accelerator, {**sums, "bad": bad.double(), "stop": stop})
-    lr = run.schedule.apply(optimizer, step)
-    finite = totals["bad"] == 0
-    if finite:
-        optimizer.step()
-    else:
-        _back_off_scaler(accelerator)
-    optimizer.zero_grad(set_to_none=True)
-    return StepResult(
-        mlm_loss=totals["mlm_loss"],
-        nsp_loss=totals["nsp_loss"],
-        mlm_correct=totals["mlm_correct"],
-        nsp_correct=totals["nsp_correct"],
-        grad_norm=float(norm),
-        lr=lr,
-        finite=finite,
-        stop_requested=totals["stop"] > 0,
-        **counts,
-    )
-
-
-_SUMS = ("mlm_loss", "nsp_loss", "mlm_correct", "nsp_correct")
-"""The fields of PretrainingLosses summed over a step's micro-batches (shares of the global losses)."""
-
-
-def reduce_named(accelerator: Any, values: dict[str, Any]) -> dict[str, float]:
-    """Sum named numbers (floats or 0-d tensors) over processes in ONE collective; returns them by name."""
-    names = list(values)
-    stacked = torch.stack(
-        [torch.as_tensor(values[n], dtype=torch.float64, device=accelerator.device) for n in names]
-    )
-    if accelerator.num_processes > 1:
-        stacked = accelerator.reduce(stacked, reduction="sum")
-    return dict(zip(names, stacked.tolist()))
-
-
-def _back_off_scaler(accelerator: Any) -> None:
-    """A skipped step with fp16: back the loss scale off, as the scaler itself does on an overflow."""
-    scaler = accelerator.scaler
-    if scaler is not None:
-        # update(new_scale) also clears the per-optimizer "already unscaled" state for the next step
-        scaler.update(scaler.get_scale() * scaler.get_backoff_factor())
-
-
-# ----------------------------------------------------------------------------------------- evaluation
-
-
-@dataclass
-class Evaluation:
-    metrics: dict[str, float]
-    interrupted: bool  # a stop signal came during it (the metrics are then partial and not logged)
-
-
-@torch.no_grad()
-def evaluate(run: Run, hooks: TrainHooks) -> Evaluation:
-    """MLM loss/accuracy/perplexity and NSP loss/accuracy on the validation subset.
-
-    Each batch's per-sequence sums go through `gather_for_metrics` (which drops the padding duplicates of
-    the last batch); the stop flag is all-reduced after every batch so all processes leave together.
-    """
-    accelerator, model = run.accelerator, run.model
-    model.eval()
-    totals = MetricTotals()
-    interrupted = False
-    for i, batch in enumerate(run.eval_loader):
-        outputs = model(**batch.model_inputs())
-        stats = example_stats(
-            outputs.prediction_logits,
-            batch.masked_lm_labels,
-            outputs.seq_relationship_logits,
-            batch.next_sentence_label,
-        )
-        totals.add(accelerator.gather_for_metrics(stats))
-        hooks.during_eval(run.state.step, i)
-        if all_reduce_sum(accelerator, [float(run.stop.requested)])[0] > 0:
-            interrupted = True
-            break
-    model.train()
-    return Evaluation(totals.result(), interrupted)
-
-
 # ------------------------------------------------------------------------------------------ run state
-
-
-@dataclass
-class RunState:
-    """Where the run is: what a checkpoint's meta.json holds beside the weights."""
-
-    step: int = 0
-    epoch: int = 0
-    index: int = 0  # next micro-batch of the epoch (per process)
-    counters: dict[str, int] = field(default_factory=lambda: {"skipped_steps": 0, "tokens": 0, "samples": 0})
-    nonfinite_streak: int = 0
-    last_eval: dict[str, Any] = field(default_factory=dict)
-
-    def advance(self, result: StepResult, sampler: ShardedBatchSampler, micro_batches: int) -> None:
-        self.step += 1
-        for _ in range(micro_batches):
-            self.epoch, self.index = sampler.advance(self.epoch, self.index)
-        self.counters["tokens"] += int(result.tokens)
-        self.counters["samples"] += int(result.sequences)
-        if result.finite:
-            self.nonfinite_streak = 0
-        else:
-            self.counters["skipped_steps"] += 1
-            self.nonfinite_streak += 1
-
-
-class Window:
-    """Sums of the training figures since the last log line."""
-
-    def __init__(self) -> None:
-        self.results: list[StepResult] = []
-        self.start = time.time()
-
-    def add(self, result: StepResult) -> None:
-        self.results.append(result)
-
-    def tokens_per_s(self) -> float:
-        return sum(r.tokens for r in self.results) / max(time.time() - self.start, 1e-9)
-
-    def flush(self, run: Run, lr: float) -> dict[str, float]:
-        seconds = max(time.time() - self.start, 1e-9)
-        results, steps = self.results, max(len(self.results), 1)
-        total = lambda name: sum(getattr(r, name) for r in results)  # noqa: E731
-        logs = {
-            "loss": (total("mlm_loss") + total("nsp_loss")) / steps,
-            "mlm_loss": total("mlm_loss") / steps,
-            "mlm_accuracy": total("mlm_correct") / max(total("masked"), 1.0),
-            "lr": lr,
-            "grad_norm": results[-1].grad_norm if results else 0.0,
-            "tokens_per_s": total("tokens") / seconds,
-            "samples_per_s": total("sequences") / seconds,
-            "skipped_steps": run.state.counters["skipped_steps"],
-            "tokens": run.state.counters["tokens"],
-        }
-        if run.cfg.data.nsp:
-            logs["nsp_loss"] = total("nsp_loss") / steps
-            logs["nsp_accuracy"] = total("nsp_correct") / max(total("nsp_labelled"), 1.0)
-        device = run.accelerator.device
-        if device.type == "cuda":
-            logs["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
-            mfu = _mfu(run.cfg, logs["tokens_per_s"] / run.accelerator.num_processes, device)
-            if mfu is not None:
-                logs["mfu"] = mfu
-        else:
-            logs["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-        self.results, self.start = [], time.time()
-        return logs
 
 
 # ------------------------------------------------------------------------------------------------ the run
@@ -561,6 +266,9 @@ class Run:
 
     # -------------------------------------------------------------------------------------- during the run
 
+    def new_window(self) -> Window:
+        return Window()
+
     def print(self, message: str) -> None:
         """A line on the main process that does not break the progress bar."""
         if self.progress is not None and self.main:
@@ -625,7 +333,7 @@ class Run:
         if self.main:
             export = BertForPreTraining(self.cfg.model)
             export.load_state_dict(state_dict)
-            ckpt.write_export(export, self.tokenizer_dir, self.export_dir)
+            write_export(export, self.tokenizer_dir, self.export_dir)
             seconds = time.time() - self.started
             self.print(
                 f"done: {self.state.step} steps in {seconds:.0f}s; model exported to {self.export_dir}"
@@ -651,15 +359,6 @@ class Run:
 
 
 # ------------------------------------------------------------------------------------------ set-up helpers
-
-
-def _mfu(cfg: PretrainConfig, tokens_per_s_per_device: float, device: torch.device) -> float | None:
-    """Model FLOPs utilisation: achieved training FLOP/s over the GPU's peak (None when unknown)."""
-    from bert.model.flops import mfu, training_flops_per_token
-
-    flops = training_flops_per_token(cfg.model, cfg.data.max_seq_length, cfg.data.masked_lm_prob)
-    dtype = cfg.train.mixed_precision if cfg.train.mixed_precision != "no" else "fp32"
-    return mfu(tokens_per_s_per_device * flops, device, dtype)
 
 
 def _compat_keys(cfg: PretrainConfig, tokenizer_dir: Path, num_processes: int) -> dict[str, Any]:

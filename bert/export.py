@@ -1,0 +1,69 @@
+"""Export: a training checkpoint (or the end of a run) as a Hugging Face model folder with its tokenizer.
+
+The folder holds config.json, model.safetensors and the tokenizer; `transformers.BertForPreTraining`,
+`AutoTokenizer` and `bert finetune` load it. A checkpoint is verified (sizes and hashes) before it is read.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bert import fs
+from bert.checkpoint import CHECKPOINTS, MARKER, MODEL, latest_checkpoint, read_meta, verify
+from bert.errors import UserError
+
+
+def copy_tokenizer(source: str | Path | None, output: str | Path) -> None:
+    """Copy a Hugging Face tokenizer folder's files into `output` (no-op when source is None)."""
+    if source is None or not Path(source).is_dir():
+        return
+    for path in Path(source).iterdir():
+        if path.is_file():
+            shutil.copy2(path, Path(output) / path.name)
+
+
+def write_export(model: Any, tokenizer_dir: str | Path | None, output: str | Path) -> Path:
+    """Save `model` (on the CPU) with its tokenizer as a Hugging Face folder, atomically."""
+    with fs.atomic_folder(output) as temp:
+        model.save_pretrained(temp)
+        copy_tokenizer(tokenizer_dir, temp)
+    return Path(output)
+
+
+def export_checkpoint(checkpoint: str | Path, output: str | Path) -> Path:
+    """`bert export`: write a checkpoint (a step folder, or a run folder's latest) as a Hugging Face folder.
+
+    The checkpoint is verified (sizes and hashes) first. The result holds config.json, model.safetensors and
+    the tokenizer; `transformers.BertForPreTraining` and `bert finetune` load it.
+    """
+    from safetensors.torch import load_file
+
+    from bert.model import BertForPreTraining
+    from bert.model.config import BertConfig
+    from bert.model.convert import load_weights
+
+    folder = Path(checkpoint)
+    if not folder.is_dir():
+        raise UserError(f"{folder}: no such checkpoint folder")
+    if not (folder / MARKER).exists() and (folder / CHECKPOINTS).is_dir():
+        latest = latest_checkpoint(folder)
+        if latest is None:
+            raise UserError(f"{folder}: run folder has no complete checkpoint")
+        folder = latest
+    problem = verify(folder)
+    if problem is not None:
+        raise UserError(f"{folder}: not a usable checkpoint: {problem}")
+    meta = read_meta(folder)
+    model = BertForPreTraining(BertConfig.from_dict(meta["config"]["model"]))
+    report = load_weights(model, load_file(str(folder / MODEL)), str(folder / MODEL))
+    if report.missing or report.unexpected:
+        raise UserError(
+            f"{folder / MODEL}: weights do not match the model: missing {report.missing}, "
+            f"unexpected {report.unexpected}"
+        )
+    with torch.no_grad():
+        return write_export(model, folder / "tokenizer", output)

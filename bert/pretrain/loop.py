@@ -1,0 +1,96 @@
+"""`bert pretrain`: the MLM + NSP pretraining loop, on one CPU, one GPU, or many GPUs and nodes.
+
+`pretrain(cfg)` sets a run up (`Run.start`), runs `train`, the loop, which reads top to bottom over named
+results (`train_step` -> `StepResult`, `evaluate` -> metrics), and tears the run down in one place
+(`Run.close`). The same code runs under `accelerate launch` and `torchrun`.
+
+Loss normalisation (bert/losses.py). The MLM loss of an optimizer step is the sum of token losses over ALL
+masked tokens of the global batch (every micro-batch of the step, on every process) divided by their count;
+the NSP loss the same over sequences. The step's micro-batches are fetched first and their counts
+all-reduced; each micro-batch then backpropagates its share of the global losses, so one step of batch B
+equals k accumulated steps of B / k, and N processes equal one.
+
+Fault tolerance (bert/checkpoint.py). A checkpoint every `save_every` steps; the run resumes from the newest
+checkpoint that verifies when the same command is re-run: weights, optimizer, grad scaler, every process's
+RNG, the data position (bert.sampler.ShardedBatchSampler starts there, no replay), the dashboard run, and
+metrics.jsonl cut back to what that checkpoint had seen. SIGTERM/SIGINT set a flag, all-reduced once per step
+(and per evaluation batch), so every process finishes the step, saves the same checkpoint and exits 0. A
+non-finite loss or gradient norm on any process skips the optimizer step everywhere; no checkpoint is saved
+while such steps continue, and too many in a row stop the run. One run per output folder (a lock).
+
+On resume, optimizer hyper-parameters, the schedule and train.max_steps follow the config given now (the lr
+of each step is a function of it, bert.optim.Schedule); changed values are named in one line. What the saved
+weights or data position depend on (model shape, tokenizer, batch size, processes) must not change.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bert import checkpoint as ckpt
+from bert.config import PretrainConfig
+from bert.errors import UserError
+from bert.hooks import TrainHooks
+from bert.pretrain.run import Run
+from bert.pretrain.step import evaluate, train_step
+
+
+def pretrain(cfg: PretrainConfig, hooks: TrainHooks | None = None) -> dict[str, Any]:
+    """Train `cfg.model` on `cfg.data` for `cfg.train.max_steps` steps; returns the final figures."""
+    run = Run.start(cfg)
+    try:
+        return train(run, hooks or TrainHooks())
+    finally:
+        run.close()
+
+
+def train(run: Run, hooks: TrainHooks) -> dict[str, Any]:
+    """The loop: fetch a step's batches, step, log, evaluate, save; then the final evaluation and export."""
+    cfg, accelerator, state = run.cfg, run.accelerator, run.state
+    k, max_steps = cfg.train.gradient_accumulation_steps, cfg.train.max_steps
+    window = run.new_window()
+    if cfg.train.eval_at_start and state.step == 0:
+        run.log("eval", evaluate(run, hooks).metrics)
+    while state.step < max_steps:
+        batches = [next(run.batches) for _ in range(k)]
+        hooks.on_batches(state.step + 1, batches, accelerator.process_index)
+        result = train_step(run, batches, hooks)
+        state.advance(result, run.sampler, k)
+        window.add(result)
+        run.progress.update(1, loss=result.loss, tok_s=window.tokens_per_s())
+
+        if not result.finite:
+            run.print(f"step {state.step}: non-finite loss or gradient norm on some process, step skipped")
+            if state.nonfinite_streak >= cfg.train.max_nonfinite_steps:
+                latest = ckpt.latest_checkpoint(run.run_dir)
+                raise UserError(
+                    f"stopping at step {state.step}: {state.nonfinite_streak} consecutive steps had a "
+                    f"non-finite loss or gradient norm (train.max_nonfinite_steps="
+                    f"{cfg.train.max_nonfinite_steps}); latest healthy checkpoint: {latest or 'none'}; "
+                    "try a lower optimizer.lr or more warmup",
+                    exit_code=1,
+                )
+        if state.step % cfg.train.log_every == 0 or state.step == max_steps:
+            run.log("train", window.flush(run, result.lr))
+
+        stop = result.stop_requested
+        if not stop and cfg.train.eval_every and state.step % cfg.train.eval_every == 0:
+            evaluation = evaluate(run, hooks)
+            stop = evaluation.interrupted
+            if not stop:
+                run.log("eval", evaluation.metrics)
+        if stop:
+            saved = run.save()
+            where = f"saved step {state.step} to {saved}" if saved else "nothing saved"
+            run.print(f"stop signal: {where}; exiting 0")
+            return run.result(stopped=True)
+        if cfg.train.save_every and state.step % cfg.train.save_every == 0:
+            run.save()
+
+    run.progress.close()
+    if not run.evaluated_at(state.step):
+        run.log("eval", evaluate(run, hooks).metrics)
+    if not ckpt.step_folder(run.run_dir, state.step).exists():
+        run.save()
+    run.export()
+    return run.result(stopped=False)

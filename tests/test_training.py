@@ -1,0 +1,52 @@
+"""bert/training.py: the launch check, the stop signal, the fast-path and compile set-up of a model."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import torch
+
+from bert.config import TrainConfig
+from bert.model.modeling import BertForPreTraining
+from bert.training import StopSignal, launch_mismatch, prepare_model
+from tests.model_helpers import tiny_config
+
+
+def test_a_cpu_launch_that_started_fewer_processes_than_asked_is_named(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    parent = [
+        "/usr/bin/python",
+        "/venv/bin/accelerate",
+        "launch",
+        "--cpu",
+        "--num_processes",
+        "2",
+        "-m",
+        "bert.cli",
+    ]
+    warning = launch_mismatch(1, parent)
+    assert "asked for 2 processes, 1 started" in warning and "torchrun --nproc_per_node 2" in warning
+    assert launch_mismatch(2, parent) is None
+    assert launch_mismatch(1, ["python", "-m", "bert.cli", "pretrain"]) is None  # not a launcher: silent
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert launch_mismatch(2, []) == "WORLD_SIZE=4 but 2 process(es) joined"
+
+
+def test_the_stop_signal_sets_a_flag_and_restores_the_handlers():
+    before = signal.getsignal(signal.SIGTERM)
+    stop = StopSignal()
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert stop.requested
+    stop.restore()
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_prepare_model_picks_fast_paths_or_compiles():
+    model, paths = prepare_model(BertForPreTraining(tiny_config()), torch.device("cpu"), TrainConfig())
+    assert paths.head_rows and type(model.bert.encoder).__name__ == "HeadRowsEncoder"
+    cfg = TrainConfig(compile=True, compile_backend="eager")
+    model, paths = prepare_model(BertForPreTraining(tiny_config()), torch.device("cpu"), cfg)
+    assert not paths.names() and type(model.bert.encoder).__name__ == "BertEncoder"
+    assert model._compiled_call_impl is not None  # nn.Module.compile: in place, state dict keys unchanged
+    assert not any(k.startswith("_orig_mod") for k in model.state_dict())
