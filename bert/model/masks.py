@@ -156,8 +156,14 @@ class AttentionMasks(nn.Module):
     ) -> Layout:
         """`eager`: a padded layout whatever the path (attention probabilities are asked for)."""
         if self.implementation == "unpadded" and not eager:
-            return unpadded_layout(attention_mask, batch_size, seq_len, device)
+            return self.unpadded(attention_mask, batch_size, seq_len, device)
         return padded_layout(attention_mask, batch_size, seq_len)
+
+    def unpadded(
+        self, attention_mask: torch.Tensor | None, batch_size: int, seq_len: int, device: torch.device
+    ) -> UnpaddedLayout:
+        """The layout of the unpadded path (the fast path stores its sequences in length buckets)."""
+        return unpadded_layout(attention_mask, batch_size, seq_len, device)
 
     def extra_repr(self) -> str:
         return self.implementation

@@ -32,7 +32,7 @@ from bert.config import PretrainConfig
 from bert.errors import UserError
 from bert.hooks import TrainHooks
 from bert.pretrain.run import Run
-from bert.pretrain.step import evaluate, train_step
+from bert.pretrain.step import Window, evaluate, train_step
 
 
 def pretrain(cfg: PretrainConfig, hooks: TrainHooks | None = None) -> dict[str, Any]:
@@ -48,13 +48,13 @@ def train(run: Run, hooks: TrainHooks) -> dict[str, Any]:
     """The loop: fetch a step's batches, step, log, evaluate, save; then the final evaluation and export."""
     cfg, accelerator, state = run.cfg, run.accelerator, run.state
     k, max_steps = cfg.train.gradient_accumulation_steps, cfg.train.max_steps
-    window = run.new_window()
+    window = Window()
     if cfg.train.eval_at_start and state.step == 0:
-        run.log("eval", evaluate(run, hooks).metrics)
+        run.log("eval", evaluate(run.parts, run.eval_loader, state.step, hooks).metrics)
     while state.step < max_steps:
         batches = [next(run.batches) for _ in range(k)]
         hooks.on_batches(state.step + 1, batches, accelerator.process_index)
-        result = train_step(run, batches, hooks)
+        result = train_step(run.parts, state.step, batches, hooks)
         state.advance(result, run.sampler, k)
         window.add(result)
         run.progress.update(1, loss=result.loss, tok_s=window.tokens_per_s())
@@ -71,11 +71,11 @@ def train(run: Run, hooks: TrainHooks) -> dict[str, Any]:
                     exit_code=1,
                 )
         if state.step % cfg.train.log_every == 0 or state.step == max_steps:
-            run.log("train", window.flush(run, result.lr))
+            run.log("train", window.flush(run.parts, state.counters, result.lr))
 
         stop = result.stop_requested
         if not stop and cfg.train.eval_every and state.step % cfg.train.eval_every == 0:
-            evaluation = evaluate(run, hooks)
+            evaluation = evaluate(run.parts, run.eval_loader, state.step, hooks)
             stop = evaluation.interrupted
             if not stop:
                 run.log("eval", evaluation.metrics)
@@ -89,7 +89,7 @@ def train(run: Run, hooks: TrainHooks) -> dict[str, Any]:
 
     run.progress.close()
     if not run.evaluated_at(state.step):
-        run.log("eval", evaluate(run, hooks).metrics)
+        run.log("eval", evaluate(run.parts, run.eval_loader, state.step, hooks).metrics)
     if not ckpt.step_folder(run.run_dir, state.step).exists():
         run.save()
     run.export()

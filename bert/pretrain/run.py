@@ -20,7 +20,7 @@ from bert.config import PretrainConfig, flatten, save_config, to_dict
 from bert.errors import UserError
 from bert.export import write_export
 from bert.optim import Schedule, apply_hyperparameters, build_optimizer
-from bert.pretrain.step import RunState, Window
+from bert.pretrain.step import RunState, TrainingParts
 from bert.progress import Progress
 from bert.sampler import EpochDataset, ShardedBatchSampler
 from bert.tracking import MetricsFile, hparams, new_run_id, tracker_setup
@@ -125,6 +125,9 @@ class Run:
         optimizer = build_optimizer(model, cfg.optimizer)
         self.schedule = Schedule(cfg.optimizer, cfg.train.max_steps)
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
+        self.parts = TrainingParts(
+            cfg, accelerator, self.model, self.optimizer, self.schedule, self.cross_entropy, self.stop
+        )
 
     def _resume(self) -> None:
         """Clean the folder, then restore the newest checkpoint that verifies and loads (or start fresh)."""
@@ -265,9 +268,6 @@ class Run:
         self.model.train()
 
     # -------------------------------------------------------------------------------------- during the run
-
-    def new_window(self) -> Window:
-        return Window()
 
     def print(self, message: str) -> None:
         """A line on the main process that does not break the progress bar."""

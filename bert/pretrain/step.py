@@ -25,7 +25,21 @@ from bert.sampler import ShardedBatchSampler
 from bert.training import all_reduce_sum
 
 if TYPE_CHECKING:
-    from bert.pretrain.run import Run
+    from bert.optim import Schedule
+    from bert.training import StopSignal
+
+
+@dataclass
+class TrainingParts:
+    """What a step and an evaluation work with; built once by `Run.start`."""
+
+    cfg: PretrainConfig
+    accelerator: Any
+    model: Any  # prepared by Accelerate (DDP-wrapped with several processes)
+    optimizer: Any
+    schedule: Schedule
+    cross_entropy: Any  # the MLM loss's summed cross-entropy (None: the reference, F.cross_entropy)
+    stop: StopSignal
 
 
 # ------------------------------------------------------------------------------------------- one step
@@ -53,11 +67,13 @@ class StepResult:
         return self.mlm_loss + self.nsp_loss
 
 
-def train_step(run: Run, batches: list[PretrainingBatch], hooks: TrainHooks) -> StepResult:
+def train_step(
+    parts: TrainingParts, step: int, batches: list[PretrainingBatch], hooks: TrainHooks
+) -> StepResult:
     """Forward and backward of the step's micro-batches (gradients sync on the last), then one optimizer
     step at the lr of this step, skipped everywhere if any process saw a non-finite value."""
-    accelerator, model, optimizer = run.accelerator, run.model, run.optimizer
-    step = run.state.step  # 0-based index of this step
+    accelerator, model, optimizer = parts.accelerator, parts.model, parts.optimizer
+    # `step`: the 0-based index of this step (hooks get the 1-based number, as in the logs)
     counts = reduce_named(
         accelerator,
         {
@@ -74,7 +90,7 @@ def train_step(run: Run, batches: list[PretrainingBatch], hooks: TrainHooks) -> 
         with accelerator.accumulate(model):
             outputs = model(**batch.model_inputs())
             losses = pretraining_loss(
-                outputs, batch, max(counts["masked"], 1.0), counts["nsp_labelled"], run.cross_entropy
+                outputs, batch, max(counts["masked"], 1.0), counts["nsp_labelled"], parts.cross_entropy
             )
             accelerator.backward(losses.loss * factor)
             for name in _SUMS:
@@ -84,13 +100,13 @@ def train_step(run: Run, batches: list[PretrainingBatch], hooks: TrainHooks) -> 
         raise RuntimeError(f"step {step + 1}: gradients were not synchronised on the last micro-batch")
 
     hooks.before_optimizer_step(step + 1, model, accelerator.process_index)
-    norm = accelerator.clip_grad_norm_(model.parameters(), run.cfg.optimizer.max_grad_norm or float("inf"))
+    norm = accelerator.clip_grad_norm_(model.parameters(), parts.cfg.optimizer.max_grad_norm or float("inf"))
     norm = torch.as_tensor(norm, device=accelerator.device).double()
     bad = ~(torch.isfinite(norm) & torch.isfinite(sums["mlm_loss"] + sums["nsp_loss"]))
-    stop = torch.tensor(float(run.stop.requested), dtype=torch.float64, device=accelerator.device)
+    stop = torch.tensor(float(parts.stop.requested), dtype=torch.float64, device=accelerator.device)
     # One collective: the step's sums, the non-finite flag and the stop flag of every process.
     totals = reduce_named(accelerator, {**sums, "bad": bad.double(), "stop": stop})
-    lr = run.schedule.apply(optimizer, step)
+    lr = parts.schedule.apply(optimizer, step)
     finite = totals["bad"] == 0
     if finite:
         optimizer.step()
@@ -143,17 +159,17 @@ class Evaluation:
 
 
 @torch.no_grad()
-def evaluate(run: Run, hooks: TrainHooks) -> Evaluation:
+def evaluate(parts: TrainingParts, loader: Any, step: int, hooks: TrainHooks) -> Evaluation:
     """MLM loss/accuracy/perplexity and NSP loss/accuracy on the validation subset.
 
     Each batch's per-sequence sums go through `gather_for_metrics` (which drops the padding duplicates of
     the last batch); the stop flag is all-reduced after every batch so all processes leave together.
     """
-    accelerator, model = run.accelerator, run.model
+    accelerator, model = parts.accelerator, parts.model
     model.eval()
     totals = MetricTotals()
     interrupted = False
-    for i, batch in enumerate(run.eval_loader):
+    for i, batch in enumerate(loader):
         outputs = model(**batch.model_inputs())
         stats = example_stats(
             outputs.prediction_logits,
@@ -162,8 +178,8 @@ def evaluate(run: Run, hooks: TrainHooks) -> Evaluation:
             batch.next_sentence_label,
         )
         totals.add(accelerator.gather_for_metrics(stats))
-        hooks.during_eval(run.state.step, i)
-        if all_reduce_sum(accelerator, [float(run.stop.requested)])[0] > 0:
+        hooks.during_eval(step, i)
+        if all_reduce_sum(accelerator, [float(parts.stop.requested)])[0] > 0:
             interrupted = True
             break
     model.train()
@@ -210,7 +226,7 @@ class Window:
     def tokens_per_s(self) -> float:
         return sum(r.tokens for r in self.results) / max(time.time() - self.start, 1e-9)
 
-    def flush(self, run: Run, lr: float) -> dict[str, float]:
+    def flush(self, parts: TrainingParts, counters: dict[str, int], lr: float) -> dict[str, float]:
         seconds = max(time.time() - self.start, 1e-9)
         results, steps = self.results, max(len(self.results), 1)
         total = lambda name: sum(getattr(r, name) for r in results)  # noqa: E731
@@ -222,16 +238,16 @@ class Window:
             "grad_norm": results[-1].grad_norm if results else 0.0,
             "tokens_per_s": total("tokens") / seconds,
             "samples_per_s": total("sequences") / seconds,
-            "skipped_steps": run.state.counters["skipped_steps"],
-            "tokens": run.state.counters["tokens"],
+            "skipped_steps": counters["skipped_steps"],
+            "tokens": counters["tokens"],
         }
-        if run.cfg.data.nsp:
+        if parts.cfg.data.nsp:
             logs["nsp_loss"] = total("nsp_loss") / steps
             logs["nsp_accuracy"] = total("nsp_correct") / max(total("nsp_labelled"), 1.0)
-        device = run.accelerator.device
+        device = parts.accelerator.device
         if device.type == "cuda":
             logs["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
-            mfu = _mfu(run.cfg, logs["tokens_per_s"] / run.accelerator.num_processes, device)
+            mfu = _mfu(parts.cfg, logs["tokens_per_s"] / parts.accelerator.num_processes, device)
             if mfu is not None:
                 logs["mfu"] = mfu
         else:

@@ -14,16 +14,16 @@ from __future__ import annotations
 import csv
 import json
 import random
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from bert.config import TaskConfig
 from bert.errors import UserError
-
-if TYPE_CHECKING:
-    from bert.tasks.task import PairExamples, Task
+from bert.tasks.examples import PairExamples
+from bert.tasks.spec import TaskSpec
 
 _HF_SPLITS = {
     "dev": "validation",
@@ -32,17 +32,30 @@ _HF_SPLITS = {
 }
 
 
+@dataclass
+class Table:
+    """A split as columns, before the task turns them into examples (labels, column names)."""
+
+    columns: dict[str, list[Any]]
+    source: str  # the file (or dataset) read, for messages
+    line_numbers: list[int] | None = None  # the file line of each row (text formats)
+    require_labels: bool = True  # test splits may come without
+    glue: bool = False  # the columns of a GLUE-layout file of the task
+    hub: bool = False  # a Hugging Face dataset's columns (label ids, its own column names)
+    malformed: int = 0  # rows left out (QQP)
+
+
 class TaskSource:
     """Where the splits of a task are: what they are called, whether each exists, and how to read one."""
 
-    def split_names(self, kind: str, task: Task) -> list[str]:
+    def split_names(self, kind: str, spec: TaskSpec) -> list[str]:
         """The splits behind 'dev' or 'test' (GLUE's MNLI: dev_matched and dev_mismatched)."""
         return [kind]
 
     def has_split(self, split: str) -> bool:
         raise NotImplementedError
 
-    def read(self, split: str, task: Task) -> PairExamples:
+    def read(self, split: str, spec: TaskSpec) -> Table | PairExamples:
         raise NotImplementedError
 
     def table(self, split: str) -> dict[str, list[Any]] | None:
@@ -54,8 +67,8 @@ class GlueFolder(TaskSource):
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
 
-    def split_names(self, kind: str, task: Task) -> list[str]:
-        return list(task.spec.dev_splits if kind == "dev" else task.spec.test_splits)
+    def split_names(self, kind: str, spec: TaskSpec) -> list[str]:
+        return list(spec.dev_splits if kind == "dev" else spec.test_splits)
 
     def path(self, split: str) -> Path:
         return self.folder / f"{split}.tsv"
@@ -63,14 +76,8 @@ class GlueFolder(TaskSource):
     def has_split(self, split: str) -> bool:
         return self.path(split).is_file()
 
-    def read(self, split: str, task: Task) -> PairExamples:
-        path = self.path(split)
-        if not path.is_file():
-            raise UserError(f"{path}: file not found (split '{split}' of task '{task.name}')")
-        columns, lines, malformed = read_table(path, skip_malformed=task.spec.skip_malformed)
-        examples = task.from_columns(columns, str(path), lines, not split.startswith("test"), glue=True)
-        examples.skipped = malformed
-        return examples
+    def read(self, split: str, spec: TaskSpec) -> Table:
+        return _read_file(self.path(split), split, spec, glue=True)
 
     def table(self, split: str) -> dict[str, list[Any]] | None:
         return read_table(self.path(split))[0] if self.has_split(split) else None
@@ -89,19 +96,13 @@ class LocalFiles(TaskSource):
     def has_split(self, split: str) -> bool:
         return split in self.files and self.files[split].is_file()
 
-    def read(self, split: str, task: Task) -> PairExamples:
+    def read(self, split: str, spec: TaskSpec) -> Table:
         if split not in self.files:
             what = {"train": "train_file", "dev": "validation_file", "test": "test_file"}.get(split, split)
             raise UserError(
-                f"task '{task.name}': no data for split '{split}' (set task.data_dir or task.{what})"
+                f"task '{spec.name}': no data for split '{split}' (set task.data_dir or task.{what})"
             )
-        path = self.files[split]
-        if not path.is_file():
-            raise UserError(f"{path}: file not found (split '{split}' of task '{task.name}')")
-        columns, lines, malformed = read_table(path, skip_malformed=task.spec.skip_malformed)
-        examples = task.from_columns(columns, str(path), lines, not split.startswith("test"), glue=False)
-        examples.skipped = malformed
-        return examples
+        return _read_file(self.files[split], split, spec, glue=False)
 
     def table(self, split: str) -> dict[str, list[Any]] | None:
         return read_table(self.files[split])[0] if self.has_split(split) else None
@@ -111,13 +112,13 @@ class HubDataset(TaskSource):
     def __init__(self, name: str) -> None:
         self.name = name
 
-    def split_names(self, kind: str, task: Task) -> list[str]:
-        return list(task.spec.dev_splits if kind == "dev" else task.spec.test_splits)
+    def split_names(self, kind: str, spec: TaskSpec) -> list[str]:
+        return list(spec.dev_splits if kind == "dev" else spec.test_splits)
 
     def has_split(self, split: str) -> bool:
         return _HF_SPLITS.get(split, split) in _hf_split_names(self.name)
 
-    def read(self, split: str, task: Task) -> PairExamples:
+    def read(self, split: str, spec: TaskSpec) -> Table:
         import datasets  # lazy: only this source needs it
 
         name, _, subset = self.name.partition("/")
@@ -126,7 +127,8 @@ class HubDataset(TaskSource):
             data = datasets.load_dataset(name, subset or None, split=hf_split)
         except Exception as err:  # noqa: BLE001 - network, cache and naming errors all end here
             raise UserError(f"hf dataset '{self.name}' split '{hf_split}': {err}") from None
-        return task.from_hf_dataset(data, f"{self.name}[{hf_split}]")
+        columns = {name: data[name] for name in data.column_names}
+        return Table(columns, f"{self.name}[{hf_split}]", require_labels=False, hub=True)
 
 
 class Synthetic(TaskSource):
@@ -136,8 +138,16 @@ class Synthetic(TaskSource):
     def has_split(self, split: str) -> bool:
         return split in ("train", "dev", "test")
 
-    def read(self, split: str, task: Task) -> PairExamples:
+    def read(self, split: str, spec: TaskSpec) -> PairExamples:
         return read_synthetic(self.cfg, split)
+
+
+def _read_file(path: Path, split: str, spec: TaskSpec, glue: bool) -> Table:
+    """A split's file: its columns read, labels required except in test splits, malformed rows counted."""
+    if not path.is_file():
+        raise UserError(f"{path}: file not found (split '{split}' of task '{spec.name}')")
+    columns, lines, malformed = read_table(path, skip_malformed=spec.skip_malformed)
+    return Table(columns, str(path), lines, not split.startswith("test"), glue=glue, malformed=malformed)
 
 
 def source_for(cfg: TaskConfig) -> TaskSource:
@@ -277,8 +287,6 @@ def read_synthetic(cfg: TaskConfig, split: str) -> PairExamples:
     num_pairs = cfg.synthetic_pairs if split == "train" else max(cfg.synthetic_pairs // 5, 1)
     rng = random.Random(f"{cfg.synthetic.seed}-{split}")
     text_a, text_b, labels = build_synthetic_pairs(chosen, num_pairs, rng)
-    from bert.tasks.task import PairExamples
-
     return PairExamples(
         text_a,
         text_b,

@@ -15,25 +15,11 @@ import numpy as np
 
 from bert.config import TaskConfig
 from bert.errors import UserError
-from bert.tasks.sources import TaskSource, source_for
+from bert.tasks.examples import PairExamples
+from bert.tasks.sources import Table, TaskSource, source_for
 from bert.tasks.spec import GLUE_TASKS, TaskSpec
 
 _CUSTOM_COLUMNS = ("sentence1", "sentence2", "label", "index")
-
-
-@dataclass
-class PairExamples:
-    """One split of a pair task: parallel lists, label ids (classification) or scores (regression)."""
-
-    text_a: list[str]
-    text_b: list[str]
-    labels: np.ndarray | None  # (N,) int64 class ids or float32 scores; None when the split has no labels
-    ids: list[str]  # the id each prediction is written under (GLUE's index column, else the row number)
-    source: str  # the file (or dataset) read, for messages
-    skipped: int = 0  # malformed rows left out (QQP)
-
-    def __len__(self) -> int:
-        return len(self.text_a)
 
 
 @dataclass
@@ -72,7 +58,7 @@ class Task:
 
     def split_names(self, kind: str) -> list[str]:
         """The splits behind 'train', 'dev' or 'test' (MNLI: dev_matched and dev_mismatched)."""
-        return ["train"] if kind == "train" else self.source.split_names(kind, self)
+        return ["train"] if kind == "train" else self.source.split_names(kind, self.spec)
 
     def has_split(self, split: str) -> bool:
         """Whether the split exists (test sets are optional)."""
@@ -85,15 +71,29 @@ class Task:
     def read(self, split: str) -> PairExamples:
         """The examples of one split, read once and kept."""
         if split not in self._cache:
-            examples = self.source.read(split, self)
+            data = self.source.read(split, self.spec)
+            examples = data if isinstance(data, PairExamples) else self.from_table(data)
             if len(examples) == 0:
                 raise UserError(f"{examples.source}: split '{split}' has no examples")
             self._cache[split] = examples
         return self._cache[split]
 
+    def from_table(self, table: Table) -> PairExamples:
+        """Examples from a split's columns (a file's, or a hub dataset's)."""
+        if table.hub:
+            return self.from_hf_columns(dict(table.columns), table.source)
+        examples = self.from_columns(
+            table.columns, table.source, table.line_numbers, table.require_labels, glue=table.glue
+        )
+        examples.skipped = table.malformed
+        return examples
+
     def from_hf_dataset(self, data: Any, source: str) -> PairExamples:
-        """Examples from a `datasets.Dataset`; integer class labels are ids already (-1: no label)."""
-        columns = {name: data[name] for name in data.column_names}
+        """Examples from a `datasets.Dataset` (see from_hf_columns)."""
+        return self.from_hf_columns({name: data[name] for name in data.column_names}, source)
+
+    def from_hf_columns(self, columns: dict[str, list[Any]], source: str) -> PairExamples:
+        """Examples from a Hugging Face dataset's columns; integer class labels are ids already (-1: none)."""
         label_column = self.config.label_column or "label"
         values = columns.get(label_column)
         if values is not None and self.labels is not None and all(isinstance(v, int) for v in values):

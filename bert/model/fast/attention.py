@@ -127,17 +127,10 @@ def bucketed_layout(
 class BucketedMasks(AttentionMasks):
     """`AttentionMasks` that builds a `BucketedLayout` for the unpadded path."""
 
-    def forward(
-        self,
-        attention_mask: torch.Tensor | None,
-        batch_size: int,
-        seq_len: int,
-        device: torch.device,
-        eager: bool = False,
-    ) -> Layout:
-        if self.implementation == "unpadded" and not eager:
-            return bucketed_layout(attention_mask, batch_size, seq_len, device)
-        return super().forward(attention_mask, batch_size, seq_len, device, eager)
+    def unpadded(
+        self, attention_mask: torch.Tensor | None, batch_size: int, seq_len: int, device: torch.device
+    ) -> BucketedLayout:
+        return bucketed_layout(attention_mask, batch_size, seq_len, device)
 
 
 def cheap_eager_attention(
