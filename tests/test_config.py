@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,10 @@ from bert.config import (
     PretrainConfig,
     config_keys,
     field_docs,
+    flatten,
     load_config,
     save_config,
+    to_dict,
 )
 
 
@@ -200,15 +203,79 @@ def test_every_field_is_documented():
         assert undocumented == []
 
 
+def _file_values(path: Path) -> dict:
+    """The leaf values a config file sets (its `base:` files merged in; a section named by a preset, such
+    as `model: base`, left out: its values come from the preset file)."""
+    from bert.typed_yaml import _read_yaml_tree
+
+    return {k: v for k, v in flatten(_read_yaml_tree(path)).items() if "." in k and not k.endswith("_preset")}
+
+
+def _assert_file_applied(cls, path: Path) -> None:
+    cfg = load_config(cls, path)
+    loaded = flatten(to_dict(cfg))
+    values = _file_values(path)
+    assert values, f"{path} sets nothing"
+    for key, value in values.items():
+        assert key in loaded, key
+        expected = list(value) if isinstance(value, tuple) else value
+        if isinstance(expected, float):
+            assert loaded[key] == pytest.approx(expected), key
+        else:
+            assert loaded[key] == expected, key
+
+
 @pytest.mark.parametrize(
     "path", sorted(Path(__file__).resolve().parent.parent.glob("configs/pretrain/*.yaml"))
 )
-def test_shipped_pretrain_configs_load(path):
-    load_config(PretrainConfig, path)
+def test_shipped_pretrain_configs_load_with_every_value_applied(path):
+    _assert_file_applied(PretrainConfig, path)
 
 
 @pytest.mark.parametrize(
     "path", sorted(Path(__file__).resolve().parent.parent.glob("configs/finetune/*.yaml"))
 )
-def test_shipped_finetune_configs_load(path):
-    load_config(FinetuneConfig, path)
+def test_shipped_finetune_configs_load_with_every_value_applied(path):
+    _assert_file_applied(FinetuneConfig, path)
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("optimizer.lr=0", "optimizer.lr must be > 0, got 0.0"),
+        ("optimizer.betas=[0.9, 1.0]", "optimizer.betas[1] must be in [0, 1)"),
+        ("train.max_steps=0", "train.max_steps must be at least 1"),
+        ("train.gradient_accumulation_steps=0", "train.gradient_accumulation_steps must be at least 1"),
+        ("train.keep_last=0", "train.keep_last must be at least 1"),
+        ("data.validation_fraction=1.0", "data.validation_fraction must be in [0, 1)"),
+        (
+            "data.max_seq_length=600",
+            "data.max_seq_length must be at most model.max_position_embeddings (512)",
+        ),
+        ("model.attention_probs_dropout_prob=1", "model.attention_probs_dropout_prob must be in [0, 1)"),
+        ("logging.trackers=[tensorbord]", "logging.trackers must be a list of tensorboard and wandb"),
+    ],
+)
+def test_every_value_is_checked_at_load_with_one_line(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(PretrainConfig, None, [override])
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_finetune_values_are_checked_at_load():
+    for override, message in [
+        ("train.epochs=0", "train.epochs must be > 0"),
+        ("train.seeds=[]", "train.seeds must be a non-empty list"),
+        ("task.max_train_examples=0", "task.max_train_examples must be at least 1"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load_config(FinetuneConfig, None, [override])
+
+
+def test_yaml_booleans_become_the_words_a_choice_expects():
+    """YAML 1.1 reads `no`, `off`, `on` as booleans; a field whose choices are words takes the word."""
+    cfg = load_config(PretrainConfig, None, ["train.mixed_precision=no", "train.fast_paths=off"])
+    assert cfg.train.mixed_precision == "no" and cfg.train.fast_paths == "off"
+    assert load_config(PretrainConfig, None, ["train.fast_paths=on"]).train.fast_paths == "on"
+    with pytest.raises(ConfigError, match="train.mixed_precision: expected one of"):
+        load_config(PretrainConfig, None, ["train.mixed_precision=yes"])
