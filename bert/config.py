@@ -218,8 +218,12 @@ class TrainConfig:
 
     output_dir: str = "runs/pretrain"
     """Run folder: checkpoints, the resolved config, logs and the exported model."""
-    max_steps: int = 1000
-    """Optimizer steps to train."""
+    max_steps: int | None = 1000
+    """Optimizer steps to train (null: no step limit; then max_time or max_tokens)."""
+    max_time: str | None = None
+    """Wall-clock budget, e.g. 90m, 2h, 1d (bert/budget.py); the lr schedule then runs over the budget."""
+    max_tokens: int | None = None
+    """Budget of real (non-pad) training tokens over all processes; the lr schedule then runs over it."""
     batch_size: int = 32
     """Sequences per device per micro-batch."""
     gradient_accumulation_steps: int = 1
@@ -259,7 +263,18 @@ class TrainConfig:
     """The model's speedups (bert/model/fast): auto (on for the CPU, off on CUDA and under compile), on, off."""
 
     def __post_init__(self) -> None:
-        _positive("train", self, "max_steps", "batch_size", "gradient_accumulation_steps", "log_every")
+        from bert.budget import parse_duration
+
+        _positive("train", self, "max_steps", "max_tokens", "batch_size", "gradient_accumulation_steps")
+        _positive("train", self, "log_every")
+        if self.max_time is not None:
+            parse_duration(self.max_time)  # raises a one-line ValueError naming train.max_time
+        _require(
+            any(v is not None for v in (self.max_steps, self.max_time, self.max_tokens)),
+            "train.max_steps",
+            "set when neither train.max_time nor train.max_tokens is",
+            self.max_steps,
+        )
         _positive("train", self, "eval_batches", "keep_last", "max_nonfinite_steps")
         _require(self.eval_every >= 0, "train.eval_every", ">= 0 (0: only at the end)", self.eval_every)
         _require(self.save_every >= 0, "train.save_every", ">= 0 (0: only at the end)", self.save_every)

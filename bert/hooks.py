@@ -8,6 +8,7 @@ config knows nothing of them, and the hot loop calls plain methods that do nothi
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,11 @@ class TrainHooks:
 
     def during_eval(self, step: int, batch_index: int) -> None:
         """An evaluation batch after step `step` was scored."""
+
+    def clock(self) -> float:
+        """Seconds of the run's clock, read once at the start of a run and once per step (a test replaces
+        it to make time budgets deterministic)."""
+        return time.monotonic()
 
 
 class RecordExampleIds(TrainHooks):
@@ -65,3 +71,7 @@ class Hooks(TrainHooks):
     def during_eval(self, step: int, batch_index: int) -> None:
         for hook in self.hooks:
             hook.during_eval(step, batch_index)
+
+    def clock(self) -> float:
+        clocks = [h for h in self.hooks if type(h).clock is not TrainHooks.clock]
+        return clocks[0].clock() if clocks else super().clock()

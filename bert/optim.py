@@ -158,20 +158,44 @@ def lr_multiplier(step: int, cfg: OptimizerConfig, total_steps: int) -> float:
     return floor + (1.0 - floor) * (1.0 - progress) ** power
 
 
+def progress_multiplier(step: int, progress: float, cfg: OptimizerConfig) -> float:
+    """The factor on the peak lr when the schedule runs on the fraction `progress` of a budget (time or
+    tokens, bert/budget.py): warmup over `warmup_steps` steps or, when 0, the first `warmup_ratio` of the
+    budget; then the decay of `schedule` over the rest, reaching min_lr_ratio when the budget is spent."""
+    if cfg.warmup_steps > 0:
+        warm, start = min(1.0, (step + 1) / cfg.warmup_steps), 0.0
+    else:
+        ratio = max(cfg.warmup_ratio, 1e-9)
+        warm, start = min(1.0, max(progress, 1e-3 * ratio) / ratio), cfg.warmup_ratio
+    if cfg.schedule == "constant":
+        return warm
+    q = min(max((progress - start) / max(1.0 - start, 1e-9), 0.0), 1.0)  # fraction of the decay phase
+    floor = cfg.min_lr_ratio
+    if cfg.schedule == "wsd":
+        decay_start = 1.0 - cfg.decay_ratio
+        d = 0.0 if q < decay_start else (q - decay_start) / max(cfg.decay_ratio, 1e-9)
+        return warm * (floor + (1.0 - floor) * (1.0 - d))
+    power = 1.0 if cfg.schedule == "linear" else cfg.power
+    return warm * (floor + (1.0 - floor) * (1.0 - q) ** power)
+
+
 class Schedule:
-    """The learning rate of every step: `cfg.lr * lr_multiplier(step, cfg, total_steps)`."""
+    """The learning rate of every step: `cfg.lr * lr_multiplier(step, cfg, total_steps)`, or, for a time
+    or token budget, `cfg.lr * progress_multiplier(step, progress, cfg)`."""
 
-    def __init__(self, cfg: OptimizerConfig, total_steps: int) -> None:
+    def __init__(self, cfg: OptimizerConfig, total_steps: int | None) -> None:
         self.cfg = cfg
-        self.total_steps = max(int(total_steps), 1)
+        self.total_steps = max(int(total_steps or 1), 1)
 
-    def lr(self, step: int) -> float:
-        """The lr of 0-based optimizer step `step`."""
+    def lr(self, step: int, progress: float | None = None) -> float:
+        """The lr of 0-based optimizer step `step` (`progress`: the fraction of a budget used)."""
+        if progress is not None:
+            return self.cfg.lr * progress_multiplier(step, progress, self.cfg)
         return self.cfg.lr * lr_multiplier(step, self.cfg, self.total_steps)
 
-    def apply(self, optimizer: torch.optim.Optimizer, step: int) -> float:
+    def apply(self, optimizer: torch.optim.Optimizer, step: int, progress: float | None = None) -> float:
         """Set the lr of `step` on every param group; returns it."""
-        lr = self.lr(step)
+        lr = self.lr(step, progress)
         for group in optimizer.param_groups:
             group["lr"] = lr
         return lr

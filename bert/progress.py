@@ -26,7 +26,7 @@ class Progress:
 
     def __init__(
         self,
-        total: int,
+        total: int | None,
         initial: int = 0,
         desc: str = "",
         enabled: bool = True,
@@ -67,10 +67,13 @@ class Progress:
         now = time.monotonic()
         self.last_line = now
         rate = (self.n - self.start_n) / max(now - self.start, 1e-9)
-        left = (self.total - self.n) / rate if rate > 0 else 0.0
         figures = " ".join(f"{k}={v}" for k, v in self.postfix.items())
-        share = f" ({self.n / self.total:.0%})" if self.total else ""
-        text = f"{self.desc}: step {self.n}/{self.total}{share}, {rate:.3g} steps/s, {_duration(left)} left"
+        if self.total:  # a step budget
+            left = (self.total - self.n) / rate if rate > 0 else 0.0
+            share = f"/{self.total} ({self.n / self.total:.0%})"
+            text = f"{self.desc}: step {self.n}{share}, {rate:.3g} steps/s, {_duration(left)} left"
+        else:  # a time or token budget: the postfix says how much of it is used
+            text = f"{self.desc}: step {self.n}, {rate:.3g} steps/s"
         print(text + (f"; {figures}" if figures else ""), file=self.stream, flush=True)
 
     def write(self, line: str) -> None:

@@ -44,6 +44,17 @@ class NanGradientsAt(TrainHooks):
                     p.grad.fill_(float("nan"))
 
 
+class StepClock(TrainHooks):
+    """A clock that advances `seconds` at every reading: time budgets become deterministic."""
+
+    def __init__(self, seconds: float = 1.0) -> None:
+        self.seconds, self.readings = seconds, 0
+
+    def clock(self) -> float:
+        self.readings += 1
+        return (self.readings - 1) * self.seconds
+
+
 def fault(spec: str) -> TrainHooks:
     """A hook from a spec of the module docstring."""
     name, _, where = spec.partition("@")
@@ -53,8 +64,8 @@ def fault(spec: str) -> TrainHooks:
     return SignalAt(getattr(signal, name.upper()), int(number), in_eval=kind == "eval")
 
 
-def hooks(faults: tuple[str, ...] = (), record_ids: Path | None = None) -> TrainHooks:
-    parts = [fault(spec) for spec in faults]
+def hooks(faults: tuple[str, ...] = (), record_ids: Path | None = None, *extra: TrainHooks) -> TrainHooks:
+    parts = [fault(spec) for spec in faults] + list(extra)
     if record_ids is not None:
         parts.append(RecordExampleIds(record_ids))
     return Hooks(*parts)

@@ -75,9 +75,15 @@ def reset_accelerate() -> None:
 
 
 def pretrain_here(
-    cache_dir: Path, run_dir: Path, *extra: str, faults: tuple[str, ...] = (), record_ids: bool = False
+    cache_dir: Path,
+    run_dir: Path,
+    *extra: str,
+    faults: tuple[str, ...] = (),
+    record_ids: bool = False,
+    clock=None,
 ) -> dict:
-    """`pretrain` in this process; `faults` as in tests/faults.py, `record_ids` writes the data order."""
+    """`pretrain` in this process; `faults` as in tests/faults.py, `record_ids` writes the data order,
+    `clock` a TrainHooks whose clock replaces time (tests/faults.StepClock)."""
     from bert.pretrain import pretrain
     from tests.faults import hooks
 
@@ -85,7 +91,8 @@ def pretrain_here(
     torch.set_num_threads(1)
     try:
         return pretrain(
-            tiny_pretrain_config(cache_dir, run_dir, *extra), hooks(faults, run_dir if record_ids else None)
+            tiny_pretrain_config(cache_dir, run_dir, *extra),
+            hooks(faults, run_dir if record_ids else None, *([clock] if clock else [])),
         )
     finally:
         reset_accelerate()

@@ -47,17 +47,19 @@ def pretrain(cfg: PretrainConfig, hooks: TrainHooks | None = None) -> dict[str, 
 def train(run: Run, hooks: TrainHooks) -> dict[str, Any]:
     """The loop: fetch a step's batches, step, log, evaluate, save; then the final evaluation and export."""
     cfg, accelerator, state = run.cfg, run.accelerator, run.state
-    k, max_steps = cfg.train.gradient_accumulation_steps, cfg.train.max_steps
+    k, budget = cfg.train.gradient_accumulation_steps, run.parts.budget
+    elapsed = run.clock(hooks)
     window = Window()
     if cfg.train.eval_at_start and state.step == 0:
         run.log("eval", evaluate(run.parts, run.eval_loader, state.step, hooks).metrics)
-    while state.step < max_steps:
+    while not budget.spent(state.step, state.counters["train_seconds"], state.counters["tokens"]):
         batches = [next(run.batches) for _ in range(k)]
         hooks.on_batches(state.step + 1, batches, accelerator.process_index)
-        result = train_step(run.parts, state.step, batches, hooks)
+        result = train_step(run.parts, state.step, batches, hooks, elapsed, state.counters["tokens"])
         state.advance(result, run.sampler, k)
         window.add(result)
-        run.progress.update(1, loss=result.loss, tok_s=window.tokens_per_s())
+        shown = {"budget": f"{result.progress:.0%}"} if budget.by_fraction else {}
+        run.progress.update(1, loss=result.loss, tok_s=window.tokens_per_s(), **shown)
 
         if not result.finite:
             run.print(f"step {state.step}: non-finite loss or gradient norm on some process, step skipped")
@@ -70,7 +72,7 @@ def train(run: Run, hooks: TrainHooks) -> dict[str, Any]:
                     "try a lower optimizer.lr or more warmup",
                     exit_code=1,
                 )
-        if state.step % cfg.train.log_every == 0 or state.step == max_steps:
+        if state.step % cfg.train.log_every == 0 or result.progress >= 1.0:
             run.log("train", window.flush(run.parts, state.counters, result.lr))
 
         stop = result.stop_requested

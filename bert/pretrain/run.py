@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 
 from bert import checkpoint as ckpt
 from bert import fs
+from bert.budget import Budget, parse_duration
 from bert.config import PretrainConfig, flatten, save_config, to_dict
 from bert.errors import UserError
 from bert.export import write_export
@@ -125,8 +126,12 @@ class Run:
         optimizer = build_optimizer(model, cfg.optimizer)
         self.schedule = Schedule(cfg.optimizer, cfg.train.max_steps)
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
+        max_time = cfg.train.max_time
+        budget = Budget(
+            cfg.train.max_steps, parse_duration(max_time) if max_time else None, cfg.train.max_tokens
+        )
         self.parts = TrainingParts(
-            cfg, accelerator, self.model, self.optimizer, self.schedule, self.cross_entropy, self.stop
+            cfg, accelerator, self.model, self.optimizer, self.schedule, self.cross_entropy, self.stop, budget
         )
 
     def _resume(self) -> None:
@@ -269,6 +274,11 @@ class Run:
 
     # -------------------------------------------------------------------------------------- during the run
 
+    def clock(self, hooks: Any) -> Any:
+        """The run's clock: seconds of training so far, this launch's added to the resumed checkpoint's."""
+        start, before = hooks.clock(), float(self.state.counters.get("train_seconds", 0.0))
+        return lambda: before + hooks.clock() - start
+
     def print(self, message: str) -> None:
         """A line on the main process that does not break the progress bar."""
         if self.progress is not None and self.main:
@@ -377,7 +387,7 @@ def _compat_keys(cfg: PretrainConfig, tokenizer_dir: Path, num_processes: int) -
     }
 
 
-_RESUME_SETTINGS = ("optimizer.", "train.max_steps")
+_RESUME_SETTINGS = ("optimizer.", "train.max_steps", "train.max_time", "train.max_tokens")
 """Settings that may change on resume and apply from the resumed step on (module docstring)."""
 
 

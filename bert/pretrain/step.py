@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import resource
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,7 @@ from bert.sampler import ShardedBatchSampler
 from bert.training import all_reduce_sum
 
 if TYPE_CHECKING:
+    from bert.budget import Budget
     from bert.optim import Schedule
     from bert.training import StopSignal
 
@@ -40,6 +42,7 @@ class TrainingParts:
     schedule: Schedule
     cross_entropy: Any  # the MLM loss's summed cross-entropy (None: the reference, F.cross_entropy)
     stop: StopSignal
+    budget: Budget
 
 
 # ------------------------------------------------------------------------------------------- one step
@@ -61,6 +64,8 @@ class StepResult:
     lr: float
     finite: bool  # False: the optimizer step was skipped on every process
     stop_requested: bool  # a stop signal reached some process
+    seconds: float  # the run's clock after this step's backward (the same on every process)
+    progress: float  # the fraction of the budget used after this step
 
     @property
     def loss(self) -> float:
@@ -68,10 +73,19 @@ class StepResult:
 
 
 def train_step(
-    parts: TrainingParts, step: int, batches: list[PretrainingBatch], hooks: TrainHooks
+    parts: TrainingParts,
+    step: int,
+    batches: list[PretrainingBatch],
+    hooks: TrainHooks,
+    elapsed: Callable[[], float],
+    tokens_before: int,
 ) -> StepResult:
     """Forward and backward of the step's micro-batches (gradients sync on the last), then one optimizer
-    step at the lr of this step, skipped everywhere if any process saw a non-finite value."""
+    step at the lr of this step, skipped everywhere if any process saw a non-finite value.
+
+    `elapsed()` is the run's clock, read once, after the backward: its mean over the processes is the time
+    every process agrees on (the lr of a time budget, and when it is spent); `tokens_before` the global
+    tokens of the steps before this one."""
     accelerator, model, optimizer = parts.accelerator, parts.model, parts.optimizer
     # `step`: the 0-based index of this step (hooks get the 1-based number, as in the logs)
     counts = reduce_named(
@@ -104,9 +118,12 @@ def train_step(
     norm = torch.as_tensor(norm, device=accelerator.device).double()
     bad = ~(torch.isfinite(norm) & torch.isfinite(sums["mlm_loss"] + sums["nsp_loss"]))
     stop = torch.tensor(float(parts.stop.requested), dtype=torch.float64, device=accelerator.device)
-    # One collective: the step's sums, the non-finite flag and the stop flag of every process.
-    totals = reduce_named(accelerator, {**sums, "bad": bad.double(), "stop": stop})
-    lr = parts.schedule.apply(optimizer, step)
+    # One collective: the step's sums, the non-finite and stop flags, and the clock of every process.
+    totals = reduce_named(accelerator, {**sums, "bad": bad.double(), "stop": stop, "seconds": elapsed()})
+    seconds = totals["seconds"] / accelerator.num_processes
+    budget = parts.budget
+    progress = budget.progress(step + 1, seconds, tokens_before + int(counts["tokens"]))
+    lr = parts.schedule.apply(optimizer, step, progress if budget.by_fraction else None)
     finite = totals["bad"] == 0
     if finite:
         optimizer.step()
@@ -122,6 +139,8 @@ def train_step(
         lr=lr,
         finite=finite,
         stop_requested=totals["stop"] > 0,
+        seconds=seconds,
+        progress=progress,
         **counts,
     )
 
@@ -196,7 +215,9 @@ class RunState:
     step: int = 0
     epoch: int = 0
     index: int = 0  # next micro-batch of the epoch (per process)
-    counters: dict[str, int] = field(default_factory=lambda: {"skipped_steps": 0, "tokens": 0, "samples": 0})
+    counters: dict[str, float] = field(
+        default_factory=lambda: {"skipped_steps": 0, "tokens": 0, "samples": 0, "train_seconds": 0.0}
+    )
     nonfinite_streak: int = 0
     last_eval: dict[str, Any] = field(default_factory=dict)
 
@@ -206,6 +227,7 @@ class RunState:
             self.epoch, self.index = sampler.advance(self.epoch, self.index)
         self.counters["tokens"] += int(result.tokens)
         self.counters["samples"] += int(result.sequences)
+        self.counters["train_seconds"] = result.seconds
         if result.finite:
             self.nonfinite_streak = 0
         else:
@@ -240,7 +262,11 @@ class Window:
             "samples_per_s": total("sequences") / seconds,
             "skipped_steps": counters["skipped_steps"],
             "tokens": counters["tokens"],
+            "step_seconds": seconds / steps,
         }
+        if results and parts.budget.by_fraction:
+            logs["budget_used"] = results[-1].progress
+            logs.update(parts.budget.left(results[-1].seconds, int(counters["tokens"])))
         if parts.cfg.data.nsp:
             logs["nsp_loss"] = total("nsp_loss") / steps
             logs["nsp_accuracy"] = total("nsp_correct") / max(total("nsp_labelled"), 1.0)
