@@ -108,6 +108,14 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_glue(args: argparse.Namespace) -> int:
+    from bert.glue import run_glue
+
+    tasks = [t.strip().lower() for t in args.tasks.split(",")] if args.tasks else None
+    run_glue(args.model, args.data, args.output, tasks, args.overrides)
+    return 0
+
+
 def _run_export(args: argparse.Namespace) -> int:
     from bert.export import export_checkpoint
 
@@ -162,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
               bert inspect data/prepared/<hash>              # see tokens, segments, masks, NSP labels
               bert pretrain configs/pretrain/demo.yaml       # train, evaluate, checkpoint, export
               bert finetune configs/finetune/demo.yaml       # fine-tune the export on a pair task
+              bert glue runs/demo/export --data DIR          # every GLUE pair task, one table
 
             Run `bert <command> --help` for what each command does and an example.
             """
@@ -229,6 +238,36 @@ def build_parser() -> argparse.ArgumentParser:
         _run_finetune,
     )
     _config_args(p, "fine-tuning config, e.g. configs/finetune/mrpc.yaml")
+    p.epilog += "\n\n" + OVERRIDE_HELP
+
+    p = _add(
+        sub,
+        "glue",
+        "fine-tune on every GLUE sentence-pair task of a folder, and one table of results",
+        """
+        Fine-tune MODEL on each GLUE sentence-pair task found in --data (MRPC/, RTE/, STS-B/, QQP/, MNLI/,
+        QNLI/, WNLI/ in the GLUE layout) with that task's recipe (configs/finetune/<task>.yaml) and every
+        seed of train.seeds; then write glue.json and glue.md (per task: mean +- std over seeds, each seed;
+        the average of the primary metrics, MNLI matched and mismatched as two entries), print the table
+        and log it to TensorBoard/wandb. Re-running skips the seeds already finished with the same
+        settings. Overrides apply to every task: train.seeds=[1,2,3], task.max_train_examples=20000 (a
+        deterministic subsample of the large training sets), train.epochs=2.
+        """,
+        """
+        bert glue runs/bert_base/export --data ../shared/data/glue train.seeds=[1,2,3]
+        bert glue runs/demo/export --data glue_data --tasks mrpc,rte,stsb task.max_train_examples=5000
+        """,
+        _run_glue,
+    )
+    p.add_argument(
+        "model", help="model folder (an export, a Hugging Face BERT, or a training run/checkpoint)"
+    )
+    p.add_argument("--data", required=True, help="GLUE-layout folder holding one folder per task")
+    p.add_argument("--tasks", help="comma-separated tasks to run (default: every task found)")
+    p.add_argument("--output", help="results folder (default runs/glue/<model folder name>)")
+    p.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="dotted overrides of every task's config"
+    )
     p.epilog += "\n\n" + OVERRIDE_HELP
 
     p = _add(
@@ -356,7 +395,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, hooks: Any = None) -> int:
     """`bert ...`; `hooks` (bert.hooks.TrainHooks) reach the training loop: for tests, not for users."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may also come after flags (argparse takes positionals in one run only)
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.hooks = hooks
     if not hasattr(args, "handler"):
         parser.print_help()

@@ -17,52 +17,12 @@ from bert.finetune.data import LengthGroupedBatchSampler, PairCollator, encode_s
 from bert.tasks import PairExamples
 from bert.tokenizer import load_tokenizer as _load
 from bert.tokenizer import pair_tokenizer, tokenizer_folder
-
-WORDS = [f"w{i}" for i in range(24)]
+from tests.finetune_helpers import WORDS, make_rows, make_tiny_model, write
 
 
 def load_tokenizer(model_path, max_length):
     """The tokenizer fine-tuning uses for a model folder."""
     return pair_tokenizer(_load(tokenizer_folder(model_path)), max_length)
-
-
-SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-
-
-def make_tiny_model(folder: Path, with_tokenizer: bool = True) -> Path:
-    """A random-init 2-layer BERT saved like an export, with a small vocab.txt tokenizer."""
-    import torch
-
-    from bert.model import BertConfig, BertForPreTraining
-
-    vocab = SPECIALS + ["yes", "no"] + WORDS
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=64,
-    )  # fmt: skip
-    BertForPreTraining(config).save_pretrained(folder)
-    if with_tokenizer:
-        (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-        (folder / "tokenizer_config.json").write_text(json.dumps({"do_lower_case": True}))
-    return folder
-
-
-def make_rows(n: int, rng: random.Random, labelled: bool = True) -> list[list[str]]:
-    """Label 1 when the first text says 'yes': learnable by a tiny model in a few dozen steps."""
-    rows = []
-    for i in range(n):
-        label = rng.random() < 0.5
-        a = rng.sample(WORDS, rng.randint(2, 6)) + ["yes" if label else "no"]
-        rng.shuffle(a)
-        b = rng.sample(WORDS, rng.randint(1, 8))
-        rows.append([str(i), " ".join(a).upper(), " ".join(b)] + ([str(int(label))] if labelled else []))
-    return rows
-
-
-def write(path: Path, header: list[str], rows: list[list[str]]) -> str:
-    path.write_text("\n".join("\t".join(r) for r in [header, *rows]) + "\n")
-    return str(path)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,210 @@
+"""`bert glue MODEL_DIR`: fine-tune a model on every GLUE sentence-pair task of a folder, and one verdict.
+
+For each task found in the GLUE-layout folder (MRPC/, RTE/, STS-B/, QQP/, MNLI/, QNLI/, WNLI/, each with
+train.tsv and its dev files), `bert finetune` runs with the task's recipe (configs/finetune/<task>.yaml) and
+every seed of `train.seeds`, writing into `<output>/<task>/` as it always does. The results are then one
+table:
+
+- `glue.json`: per task and dev split, the primary metric's mean, standard deviation (over seeds) and count,
+  each seed's figures, the other metrics; and the GLUE-style average: the mean over the entries (MNLI's
+  matched and mismatched dev sets are two entries, as on the GLUE board) of their primary metric;
+- `glue.md`: the same as a markdown table, printed at the end;
+- TensorBoard (`<output>/tensorboard`: one scalar per entry and the table as text) and wandb (a table), as
+  `logging.trackers` says.
+
+Re-run after an interruption, a task whose seeds all finished with the same settings is read back, not
+trained again (bert/finetune/loop.py keeps that per seed). `task.max_train_examples=N` subsamples the large
+tasks' training sets (the same subset for every seed) for a quick look or a CPU.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from bert import fs
+from bert.config import CONFIG_ROOT, FinetuneConfig, load_config
+from bert.errors import UserError
+
+GLUE_FOLDERS = {
+    "mrpc": "MRPC",
+    "rte": "RTE",
+    "stsb": "STS-B",
+    "qqp": "QQP",
+    "mnli": "MNLI",
+    "qnli": "QNLI",
+    "wnli": "WNLI",
+}
+"""The sentence-pair tasks, by name, and their folder in the GLUE layout (single-sentence tasks are not run)."""
+
+ENTRY_NAMES = {"dev_matched": "mnli-m", "dev_mismatched": "mnli-mm"}
+
+
+def find_tasks(data_dir: Path, wanted: list[str] | None = None) -> list[str]:
+    """The tasks of GLUE_FOLDERS whose folder holds a train.tsv (in GLUE order), limited to `wanted`."""
+    if wanted:
+        unknown = [t for t in wanted if t not in GLUE_FOLDERS]
+        if unknown:
+            raise UserError(
+                f"--tasks: unknown task(s) {', '.join(unknown)} (known: {', '.join(GLUE_FOLDERS)})"
+            )
+    found = [t for t in GLUE_FOLDERS if (data_dir / GLUE_FOLDERS[t] / "train.tsv").is_file()]
+    if wanted:
+        missing = [t for t in wanted if t not in found]
+        if missing:
+            folders = ", ".join(str(data_dir / GLUE_FOLDERS[t] / "train.tsv") for t in missing)
+            raise UserError(f"--tasks: no training file for {', '.join(missing)} ({folders})")
+        found = [t for t in found if t in wanted]
+    if not found:
+        expected = ", ".join(f"{f}/train.tsv" for f in GLUE_FOLDERS.values())
+        raise UserError(f"{data_dir}: no GLUE task folder found (expected one of {expected})")
+    return found
+
+
+def task_config(
+    task: str, model_path: Path, data_dir: Path, output: Path, overrides: list[str]
+) -> FinetuneConfig:
+    """The task's recipe with the model, its data folder, its output folder and the user's overrides."""
+    return load_config(
+        FinetuneConfig,
+        CONFIG_ROOT / "finetune" / f"{task}.yaml",
+        [
+            f"model_path={model_path}",
+            f"task.data_dir={data_dir / GLUE_FOLDERS[task]}",
+            f"train.output_dir={output / task}",
+            *overrides,
+        ],
+    )
+
+
+def run_glue(
+    model_dir: str | Path,
+    data_dir: str | Path,
+    output: str | Path | None = None,
+    tasks: list[str] | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """Fine-tune on every task found, then write and print the verdict (module docstring)."""
+    from bert.finetune.loop import finetune, finished_seed, resolve_model_path
+
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise UserError(f"{data_dir}: no such GLUE folder")
+    if not Path(model_dir).is_dir():
+        raise UserError(f"{model_dir}: model folder not found")
+    output = Path(output) if output else Path("runs") / "glue" / Path(model_dir).resolve().name
+    names = find_tasks(data_dir, tasks)
+    model_path = resolve_model_path(model_dir, output)  # a checkpoint is exported once, for every task
+    configs = {t: task_config(t, model_path, data_dir, output, list(overrides)) for t in names}
+    summaries = {}
+    for name, cfg in configs.items():
+        results_file = Path(cfg.train.output_dir) / "results.json"
+        seeds = list(cfg.train.seeds)
+        run_dirs = [Path(cfg.train.output_dir) / ("" if len(seeds) == 1 else f"seed_{s}") for s in seeds]
+        if results_file.is_file() and all(finished_seed(d, cfg, s) for d, s in zip(run_dirs, seeds)):
+            print(f"== {name}: finished earlier with these settings ({results_file})", flush=True)
+            summaries[name] = json.loads(results_file.read_text())
+            continue
+        print(
+            f"== {name}: bert finetune {CONFIG_ROOT / 'finetune' / f'{name}.yaml'} -> {cfg.train.output_dir}",
+            flush=True,
+        )
+        summaries[name] = finetune(cfg)
+    verdict = glue_verdict(summaries, str(model_path), list(next(iter(configs.values())).train.seeds))
+    output.mkdir(parents=True, exist_ok=True)
+    fs.atomic_write_text(output / "glue.json", json.dumps(verdict, indent=2) + "\n")
+    table = markdown(verdict)
+    fs.atomic_write_text(output / "glue.md", table + "\n")
+    print(table)
+    print(f"written: {output / 'glue.json'}, {output / 'glue.md'}")
+    log_to_dashboards(verdict, table, next(iter(configs.values())), output)
+    return verdict
+
+
+def glue_verdict(summaries: dict[str, dict[str, Any]], model: str, seeds: list[int]) -> dict[str, Any]:
+    """One entry per task and dev split, each with its primary metric over seeds, and the average."""
+    entries = []
+    for task, summary in summaries.items():
+        primary = summary["main_metric"]
+        splits = list(summary["seeds"][0]["dev"])
+        for split in splits:
+            stats = summary["mean_std"][f"{split}/{primary}"]
+            others = {
+                key.split("/", 1)[1]: value
+                for key, value in summary["mean_std"].items()
+                if key.startswith(f"{split}/") and key != f"{split}/{primary}"
+            }
+            entries.append(
+                {
+                    "entry": ENTRY_NAMES.get(split, task),
+                    "task": task,
+                    "split": split,
+                    "metric": primary,
+                    "mean": stats["mean"],
+                    "std": stats["std"],
+                    "n": stats.get("n", len(summary["seeds"])),
+                    "seeds": {str(r["seed"]): r["dev"][split][primary] for r in summary["seeds"]},
+                    "other_metrics": others,
+                }
+            )
+    average = sum(e["mean"] for e in entries) / len(entries)
+    return {"model": model, "seeds": seeds, "entries": entries, "average": average}
+
+
+def markdown(verdict: dict[str, Any]) -> str:
+    """The verdict as a markdown table (metrics x 100)."""
+    lines = [
+        f"GLUE dev results of {verdict['model']}",
+        "",
+        "| task | metric | mean ± std | seeds | per seed | other metrics |",
+        "|---|---|---|---|---|---|",
+    ]
+    for e in verdict["entries"]:
+        per_seed = ", ".join(f"{seed}: {value * 100:.2f}" for seed, value in e["seeds"].items())
+        others = ", ".join(
+            f"{k} {v['mean'] * 100:.2f} ± {v['std'] * 100:.2f}" for k, v in e["other_metrics"].items()
+        )
+        lines.append(
+            f"| {e['entry']} | {e['metric']} | {e['mean'] * 100:.2f} ± {e['std'] * 100:.2f} | {e['n']} | "
+            f"{per_seed} | {others or '-'} |"
+        )
+    lines.append(
+        f"| **average** | primary metrics of {len(verdict['entries'])} entries | **{verdict['average'] * 100:.2f}** "
+        "| | | |"
+    )
+    return "\n".join(lines)
+
+
+def log_to_dashboards(verdict: dict[str, Any], table: str, cfg: FinetuneConfig, output: Path) -> None:
+    """The verdict in TensorBoard (scalars and the table as text) and wandb (a table), as configured."""
+    from bert.tracking import tracker_setup
+
+    trackers, init_kwargs = tracker_setup(cfg.logging, _run_id(output), f"glue-{output.name}", str(output))
+    if "tensorboard" in trackers:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # pragma: no cover - tensorboard is an optional extra
+            SummaryWriter = None
+        if SummaryWriter is not None:
+            writer = SummaryWriter(str(output / "tensorboard"))
+            for e in verdict["entries"]:
+                writer.add_scalar(f"glue/{e['entry']}", e["mean"], 0)
+            writer.add_scalar("glue/average", verdict["average"], 0)
+            writer.add_text("glue/table", table, 0)
+            writer.close()
+    if "wandb" in trackers:
+        import wandb
+
+        kwargs = init_kwargs.get("wandb", {})
+        run = wandb.init(project=cfg.logging.project, config={"model": verdict["model"]}, **kwargs)
+        columns = ["task", "metric", "mean", "std", "seeds"]
+        rows = [[e["entry"], e["metric"], e["mean"], e["std"], e["n"]] for e in verdict["entries"]]
+        run.log({"glue/table": wandb.Table(columns=columns, data=rows), "glue/average": verdict["average"]})
+        run.finish()
+
+
+def _run_id(output: Path) -> str:
+    import hashlib
+
+    return hashlib.sha1(("glue:" + str(output.resolve())).encode()).hexdigest()[:8]
