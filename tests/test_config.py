@@ -137,7 +137,7 @@ def test_unknown_key_without_close_match_lists_valid_keys():
 def test_wrong_type_names_field_and_type():
     with pytest.raises(ConfigError) as err:
         load_config(PretrainConfig, None, ["train.max_steps=abc"])
-    assert str(err.value) == "train.max_steps: expected int, got str 'abc'"
+    assert str(err.value) == "train.max_steps: expected int | null, got str 'abc'"
     assert "\n" not in str(err.value)
 
 

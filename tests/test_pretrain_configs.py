@@ -13,7 +13,26 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 @pytest.mark.parametrize("path", sorted((CONFIGS / "pretrain").glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_pretrain_config_loads(path):
     cfg = load_config(PretrainConfig, path)
-    assert cfg.train.max_steps > 0 and cfg.model.hidden_size % cfg.model.num_attention_heads == 0
+    assert (cfg.train.max_steps or 0) > 0 or cfg.train.max_time or cfg.train.max_tokens
+    assert cfg.model.hidden_size % cfg.model.num_attention_heads == 0
+
+
+@pytest.mark.parametrize("name", ["bert_base_phase1", "mosaicbert_style", "crammed_bert"])
+def test_every_recipe_names_its_source_and_the_result_to_compare_with(name):
+    text = (CONFIGS / "pretrain" / f"{name}.yaml").read_text()
+    header = "".join(line for line in text.splitlines(keepends=True) if line.startswith("#"))
+    assert "Follows" in header and "Published result to compare with" in header
+
+
+def test_the_recipes_say_what_they_claim():
+    mosaic = load_config(PretrainConfig, CONFIGS / "pretrain" / "mosaicbert_style.yaml")
+    assert (mosaic.data.masked_lm_prob, mosaic.data.nsp, mosaic.optimizer.schedule) == (0.3, False, "linear")
+    assert mosaic.data.max_predictions_per_seq >= 0.3 * mosaic.data.max_seq_length
+    assert mosaic.train.batch_size * mosaic.train.gradient_accumulation_steps * 8 == 4096
+    crammed = load_config(PretrainConfig, CONFIGS / "pretrain" / "crammed_bert.yaml")
+    assert crammed.train.max_time == "24h" and crammed.train.max_steps is None and not crammed.data.nsp
+    assert crammed.model.hidden_dropout_prob == 0 and crammed.optimizer.max_grad_norm == 0.5
+    assert crammed.train.batch_size * crammed.train.gradient_accumulation_steps == 1536
 
 
 def test_phase2_inherits_phase1_and_starts_from_its_export():
