@@ -20,7 +20,7 @@ def test_every_pretrain_config_loads(path):
 @pytest.mark.parametrize("name", ["bert_base_phase1", "mosaicbert_style", "crammed_bert"])
 def test_every_recipe_names_its_source_and_the_result_to_compare_with(name):
     text = (CONFIGS / "pretrain" / f"{name}.yaml").read_text()
-    header = "".join(line for line in text.splitlines(keepends=True) if line.startswith("#"))
+    header = " ".join(line.lstrip("#").strip() for line in text.splitlines() if line.startswith("#"))
     assert "Follows" in header and "Published result to compare with" in header
 
 
