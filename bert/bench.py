@@ -1,22 +1,25 @@
 """`bert bench`: training-step throughput of our BertForPreTraining against transformers', side by side.
 
-Both models get the same config, the same weights (ours copied into the reference through the state dict,
-the key names being identical), the same batch and the same optimizer (torch's fused AdamW, which our training
-and the transformers Trainer (torch >= 2.8) use by default, or with `--adamw default` torch's default
-implementation, for both), and run alternately in one process: warm-up steps for each, then
-ours, reference, ours, reference, ...; the figure of each is the median step time. A step is forward + loss +
-backward + AdamW step + zero_grad, in train mode (dropout on). Wall time is the figure; the CPU time of the
-process is printed beside it because, on a shared machine, other jobs stretch wall time (and 2-thread steps
-wait on descheduled threads). Ours runs the MLM head at the masked positions only and uses `--attn`; the
-reference is `transformers.BertForPreTraining` with its default attention, computing its MLM loss on (B, T, V)
-logits with -100 labels, as its users do. Tokens/s counts REAL (non-pad) tokens for both: the same batch, so
-the ratio is the same on any basis. Model FLOP/s applies one count to both sides (`bert.model.flops`: the
-FLOPs a step needs), so its ratio is the speedup too; on a known GPU the MFU is that over the device's peak.
+The sides (`--sides`): `ours` (with the fast paths `--fast-paths` selects, bert.model.fast), `plain` (ours
+without any, the reference path of bert/model), `compiled` (ours under torch.compile) and `reference`
+(`transformers.BertForPreTraining` with its default attention, its MLM loss on (B, T, V) logits with -100
+labels, as its users compute it). All get the same config, the same initial weights (ours copied into the
+reference through the state dict, the key names being identical), the same batches and the same optimizer
+(torch's fused AdamW, which our training and the transformers Trainer (torch >= 2.8) use by default, or with
+`--adamw default` torch's default implementation), and run alternately in one process: warm-up steps for
+each, then a step of each side on the same batch, in turn. A step is forward + loss + backward + clipping the
+gradient norm to 1 + AdamW step + zero_grad, in train mode (dropout on). Wall time is the figure (median
+tokens/s over the steps); the CPU time of the process is printed beside it because, on a shared machine,
+other jobs stretch wall time. Tokens/s counts REAL (non-pad) tokens. Model FLOP/s applies one count to every
+side (`bert.model.flops`: the FLOPs a step needs), so its ratios are the speedups; on a known GPU the MFU is
+that over the device's peak.
 
-The batch imitates Google's pretraining data: sentence pairs filling the sequence 90% of the time and a
-random shorter target (short_seq_prob 0.1) otherwise, each pair falling short of its target by a random
-amount as sentence boundaries and the NSP random-B truncation do (about 75% real tokens); 15% of the real
-tokens are masked (at most 20 per 128), P = the batch's largest count, unused slots position 0 / label -100.
+Batches: by default one batch imitating Google's pretraining data, reused every step: sentence pairs filling
+the sequence 90% of the time and a random shorter target (short_seq_prob 0.1) otherwise, each pair falling
+short of its target by a random amount as sentence boundaries and the NSP random-B truncation do (about 75%
+real tokens); 15% of the real tokens masked (at most 20 per 128), P = the batch's largest count, unused slots
+position 0 / label -100. With `--data PREPARED`, the batches `bert pretrain` would read first from that folder
+(its sampler and collator, `--seed` as train.seed), one per step.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import platform
 import statistics
 import time
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -80,6 +84,24 @@ def realistic_batch(
     return batch
 
 
+def prepared_batches(folder: str | Path, batch_size: int, seed: int, count: int) -> list[Any]:
+    """The first `count` training batches `bert pretrain` would read from a prepared folder (its sampler and
+    collator, dynamic masks): the bench then times real data, as the training loop sees it."""
+    from bert.config import DataConfig
+    from bert.data.collator import build_collator
+    from bert.data.prepare import load_prepared
+    from bert.sampler import EpochDataset, ShardedBatchSampler
+
+    splits, meta = load_prepared(folder)
+    fields = {k: meta[k] for k in ("masked_lm_prob", "max_predictions_per_seq", "whole_word_mask")}
+    collator = build_collator(folder, DataConfig(**fields), seed)
+    sampler, dataset = (
+        iter(ShardedBatchSampler(len(splits["train"]), batch_size, 1, 0, seed)),
+        EpochDataset(splits["train"]),
+    )
+    return [collator([dataset[key] for key in next(sampler)]) for _ in range(count)]
+
+
 def hf_mlm_labels(
     input_ids: torch.Tensor, masked_lm_positions: torch.Tensor, masked_lm_labels: torch.Tensor
 ) -> torch.Tensor:
@@ -112,10 +134,18 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     sides = _sides(args)
     config = load_config(PretrainConfig, None, [f"model={args.model}"]).model
     config.attn_implementation = args.attn
-    generator = torch.Generator().manual_seed(args.seed)
-    batch = PretrainingBatch(**realistic_batch(args.batch_size, args.seq_len, config.vocab_size, generator))
-    batch = batch.to(device)
-    real_tokens = batch.num_real_tokens()
+    if getattr(args, "data", None):  # the batches bert pretrain would read first, one a step
+        batches = prepared_batches(args.data, args.batch_size, args.seed, args.warmup + args.steps)
+        config.vocab_size = int(json.loads((Path(args.data) / "meta.json").read_text())["vocab_size"])
+    else:  # one batch of realistic lengths, every step
+        generator = torch.Generator().manual_seed(args.seed)
+        batches = [
+            PretrainingBatch(**realistic_batch(args.batch_size, args.seq_len, config.vocab_size, generator))
+        ]
+    batches = [b.to(device) for b in batches]
+    batch = batches[0]
+    timed_batches = [batches[(args.warmup + i) % len(batches)] for i in range(args.steps)]
+    real_tokens = sum(b.num_real_tokens() for b in timed_batches) / len(timed_batches)  # per step
     autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     # The same optimizer for all: the fused AdamW (what training uses), or torch's default implementation.
     adamw = {"fused": True} if getattr(args, "adamw", "fused") == "fused" else {}
@@ -138,7 +168,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         model = fast.enable(model.to(device).train(), paths)
         if side == "compiled":
             model.compile(backend=getattr(args, "compile_backend", "inductor"))
-        steps[side] = (_our_step(model, batch, autocast, paths.cross_entropy(), pretraining_loss), model)
+        steps[side] = (_our_step(model, autocast, paths.cross_entropy(), pretraining_loss), model)
     if "reference" in sides:
         try:
             import transformers
@@ -153,9 +183,9 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         ref = transformers.BertForPreTraining(hf_config)
         ref.load_state_dict(initial)
         ref = ref.to(device).train()
-        hf_labels = hf_mlm_labels(batch.input_ids, batch.masked_lm_positions, batch.masked_lm_labels)
 
-        def ref_step() -> torch.Tensor:
+        def ref_step(batch: PretrainingBatch) -> torch.Tensor:
+            hf_labels = hf_mlm_labels(batch.input_ids, batch.masked_lm_positions, batch.masked_lm_labels)
             with autocast():
                 return ref(
                     input_ids=batch.input_ids,
@@ -170,14 +200,16 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         side: torch.optim.AdamW(model.parameters(), lr=1e-4, **adamw) for side, (_, model) in steps.items()
     }
 
-    def timed(side: str) -> tuple[float, float]:
-        """(wall seconds, CPU seconds of this process) of one step: forward, loss, backward, AdamW."""
+    def timed(side: str, batch: PretrainingBatch) -> tuple[float, float]:
+        """(wall seconds, CPU seconds of this process) of one step: forward, loss, backward, clipping the
+        gradient norm to 1, AdamW."""
         loss_of, _ = steps[side]
         optimizer = optimizers[side]
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start, cpu_start = time.perf_counter(), time.process_time()
-        loss_of().backward()
+        loss_of(batch).backward()
+        torch.nn.utils.clip_grad_norm_(steps[side][1].parameters(), 1.0)  # as training (and the Trainer) do
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if device.type == "cuda":
@@ -185,16 +217,17 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         return time.perf_counter() - start, time.process_time() - cpu_start
 
     warmup_seconds: dict[str, float] = {side: 0.0 for side in steps}
-    for _ in range(args.warmup):
+    for i in range(args.warmup):
         for side in steps:
-            warmup_seconds[side] += timed(side)[0]
+            warmup_seconds[side] += timed(side, batches[i % len(batches)])[0]
     times: dict[str, list[tuple[float, float]]] = {side: [] for side in steps}
-    for _ in range(args.steps):
+    for step_batch in timed_batches:
         for side in steps:  # interleaved, so that load changes hit every side alike
-            times[side].append(timed(side))
+            times[side].append(timed(side, step_batch))
 
     result: dict[str, Any] = {
         "model": args.model,
+        "data": getattr(args, "data", None) or "realistic_batch",
         "attn": args.attn,
         "dtype": args.dtype,
         "device": str(device),
@@ -204,7 +237,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         "batch_size": args.batch_size,
         "seq_len": int(batch.input_ids.shape[1]),
         "real_tokens": real_tokens,
-        "real_fraction": real_tokens / batch.input_ids.numel(),
+        "real_fraction": statistics.mean(b.num_real_tokens() / b.input_ids.numel() for b in timed_batches),
         "masked_slots_P": int(batch.masked_lm_positions.shape[1]),
         "steps": args.steps,
         "adamw": "fused" if adamw else "default",
@@ -214,16 +247,21 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     }
     # One FLOP count for every side (our model's, bert.model.flops): FLOP/s ratios are the speedups, and the
     # MFU is the share of the GPU's peak spent on the matmuls a step needs. T = real tokens per sequence.
-    masked = batch.num_masked()
+    masked = statistics.mean(b.num_masked() for b in timed_batches)
     flops_per_token = training_flops_per_token(config, real_tokens / args.batch_size, masked / real_tokens)
     result["flops_per_token"] = flops_per_token
+    step_tokens = [b.num_real_tokens() for b in timed_batches]
     for side, values in times.items():
         wall = statistics.median(w for w, _ in values)
         cpu = statistics.median(c for _, c in values)
-        flops = real_tokens / wall * flops_per_token
+        tokens_per_s = statistics.median(n / w for n, (w, _) in zip(step_tokens, values))
+        flops = tokens_per_s * flops_per_token
         result[side] = {
             "median_step_s": wall,
-            "tokens_per_s": real_tokens / wall,
+            "mean_step_s": statistics.mean(w for w, _ in values),
+            # what a training loop would log: all tokens over all the time (tails included)
+            "tokens_per_s_overall": sum(step_tokens) / sum(w for w, _ in values),
+            "tokens_per_s": tokens_per_s,
             "median_cpu_s": cpu,
             "warmup_s": warmup_seconds[side],
             "model_flops_per_s": flops,
@@ -262,8 +300,8 @@ def _sides(args: argparse.Namespace) -> list[str]:
     return list(dict.fromkeys(sides))
 
 
-def _our_step(model: Any, batch: Any, autocast: Any, cross_entropy: Any, loss_fn: Any) -> Any:
-    def step() -> torch.Tensor:
+def _our_step(model: Any, autocast: Any, cross_entropy: Any, loss_fn: Any) -> Any:
+    def step(batch: Any) -> torch.Tensor:
         with autocast():
             outputs = model(**batch.model_inputs())
             return loss_fn(outputs, batch, cross_entropy=cross_entropy).loss
@@ -275,7 +313,7 @@ def _print_table(result: dict[str, Any]) -> None:
     print(
         f"model={result['model']} attn={result['attn']} dtype={result['dtype']} device={result['device']} "
         f"threads={result['threads']} batch={result['batch_size']}x{result['seq_len']} "
-        f"real tokens={result['real_tokens']} ({result['real_fraction']:.0%}) P={result['masked_slots_P']} "
+        f"real tokens={result['real_tokens']:.0f} ({result['real_fraction']:.0%}) P={result['masked_slots_P']} "
         f"adamw={result['adamw']} load={result['load_average'][0]:.2f}"
     )
     if "ours" in result["sides"]:

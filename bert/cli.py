@@ -363,6 +363,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="also write the results as JSON here")
     p.add_argument("--no-reference", action="store_true", help="time only this project's model")
     p.add_argument(
+        "--data",
+        help="a prepared folder (bert prepare): time the first batch bert pretrain would read from it, instead "
+        "of a synthetic batch of realistic lengths",
+    )
+    p.add_argument(
         "--sides",
         help="comma-separated sides to time, of: ours (with --fast-paths), plain (ours, no fast paths), "
         "compiled (ours under torch.compile, no fast paths), reference (transformers); default "

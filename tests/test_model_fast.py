@@ -24,7 +24,7 @@ from bert.model.fast.attention import (
 )
 from bert.model.fast.cross_entropy import fused_cross_entropy_sum
 from bert.model.fast.dropout import CheapDropout
-from bert.model.modeling import BertForPreTraining, BertForSequenceClassification
+from bert.model.modeling import BertForPreTraining, BertForSequenceClassification, BertModel
 from tests.model_helpers import make_batch, masked_positions, tiny_config
 
 FLAGS = [f.name for f in dataclasses.fields(fast.FastPaths)]
@@ -90,10 +90,10 @@ def test_the_classifier_with_every_speedup_equals_the_reference():
 
 @pytest.mark.parametrize("path", ["sdpa", "unpadded"])
 def test_the_last_layer_computes_only_the_tokens_the_heads_read(path):
+    """Padded (head_rows alone, as on CUDA) and bucketed (with the bucketed layout, as on the CPU)."""
     torch.manual_seed(0)
-    model = fast.enable(
-        BertForPreTraining(tiny_config(attn_implementation=path)).eval(), fast.FastPaths.all()
-    )
+    paths = fast.FastPaths(head_rows=True) if path == "sdpa" else fast.FastPaths.all()
+    model = fast.enable(BertForPreTraining(tiny_config(attn_implementation=path)).eval(), paths)
     rows_seen = []  # tokens entering each layer's feed-forward
     for layer in model.bert.encoder.layer:
         layer.intermediate.dense.register_forward_hook(
@@ -126,6 +126,16 @@ def test_the_padded_head_rows_path_reads_nothing_back(monkeypatch):
     with torch.no_grad():
         model(**batch.model_inputs())
     assert calls == []
+
+
+def test_the_cpu_layout_is_bucketed_whatever_path_is_configured():
+    torch.manual_seed(0)
+    model = fast.enable(BertModel(tiny_config(attn_implementation="sdpa")).eval(), fast.FastPaths.all())
+    batch = make_batch([8, 3], 8, 99)
+    layout = model.masks(batch["attention_mask"], 2, 8, torch.device("cpu"))
+    assert type(layout).__name__ == "BucketedLayout" and layout.indices.numel() == 11
+    with torch.no_grad():  # attention probabilities still come from the padded eager kernel
+        assert len(model(**batch, output_attentions=True).attentions) == 2
 
 
 def test_enable_keeps_parameters_names_and_tying():

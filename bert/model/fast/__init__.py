@@ -7,7 +7,8 @@ names are unchanged), or, for the loss, replaces a function. Every one computes 
 
 | flag                  | replaces                                  | file             |
 |-----------------------|-------------------------------------------|------------------|
-| bucketed_attention    | unpadded layout + kernel: length buckets  | attention.py     |
+| bucketed_attention    | layout + kernel: real tokens, length      | attention.py     |
+|                       | buckets (whatever path is configured)     |                  |
 | cheap_dropout         | nn.Dropout and attention dropout masks    | dropout.py       |
 | fused_qkv             | q, k, v projections as one matmul         | projections.py   |
 | head_rows             | BertEncoder: last layer at heads' tokens  | encoder.py       |

@@ -125,7 +125,20 @@ def bucketed_layout(
 
 
 class BucketedMasks(AttentionMasks):
-    """`AttentionMasks` that builds a `BucketedLayout` for the unpadded path."""
+    """`AttentionMasks` that builds a `BucketedLayout`, whatever path is configured (the padded paths give
+    the same outputs at real tokens, see test_model_masks.py), unless attention probabilities are asked for."""
+
+    def forward(
+        self,
+        attention_mask: torch.Tensor | None,
+        batch_size: int,
+        seq_len: int,
+        device: torch.device,
+        eager: bool = False,
+    ) -> Layout:
+        if eager:
+            return super().forward(attention_mask, batch_size, seq_len, device, eager)
+        return bucketed_layout(attention_mask, batch_size, seq_len, device)
 
     def unpadded(
         self, attention_mask: torch.Tensor | None, batch_size: int, seq_len: int, device: torch.device
