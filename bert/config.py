@@ -412,6 +412,9 @@ class FinetuneTrainConfig:
     """Log the training loss and learning rate to the trackers every N optimizer steps."""
     cache_dir: str | None = "data/cache/finetune"
     """Where tokenised splits are cached between runs (None: tokenise in memory every run)."""
+    release_memory_every: int | None = 3
+    """On the CPU, hand the memory freed by training steps back to the OS every N optimizer steps (and after
+    each evaluation): a lower peak at a small cost in speed (BENCHMARKS.md); null: never."""
     compile: bool = False
     """Wrap the model in torch.compile (the fast paths are then off: see bert.model.fast)."""
     compile_backend: str = "inductor"
@@ -424,7 +427,7 @@ class FinetuneTrainConfig:
         _require(self.max_length >= 4, "train.max_length", "at least 4", self.max_length)
         _require(len(self.seeds) > 0, "train.seeds", "a non-empty list", self.seeds)
         _positive("train", self, "batch_size", "eval_batch_size", "mega_batch", "pad_to_multiple_of")
-        _positive("train", self, "num_threads", "log_every")
+        _positive("train", self, "num_threads", "log_every", "release_memory_every")
         _require(self.num_workers >= 0, "train.num_workers", ">= 0", self.num_workers)
 
 

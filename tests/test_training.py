@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 
+import pytest
 import torch
 
 from bert.config import TrainConfig
@@ -50,3 +51,28 @@ def test_prepare_model_picks_fast_paths_or_compiles():
     assert not paths.names() and type(model.bert.encoder).__name__ == "BertEncoder"
     assert model._compiled_call_impl is not None  # nn.Module.compile: in place, state dict keys unchanged
     assert not any(k.startswith("_orig_mod") for k in model.state_dict())
+
+
+@pytest.mark.e2e
+def test_release_freed_memory_is_safe_to_call_and_finetuning_calls_it(monkeypatch, tmp_path):
+    import bert.finetune.loop as loop
+    from bert.training import release_freed_memory
+
+    release_freed_memory()  # glibc: malloc_trim; elsewhere nothing; never an error
+    calls = []
+    monkeypatch.setattr(loop, "release_freed_memory", lambda: calls.append(1))
+    from bert.config import FinetuneConfig, load_config
+    from tests.finetune_helpers import make_tiny_model
+
+    model = make_tiny_model(tmp_path / "model")
+    cfg = load_config(
+        FinetuneConfig,
+        None,
+        [
+            f"model_path={model}", "task.name=synthetic", "task.synthetic_pairs=64", "task.synthetic.num_documents=200",
+            f"train.output_dir={tmp_path / 'out'}", "train.epochs=1", "train.batch_size=8", "train.max_length=32",
+            "train.release_memory_every=2", "train.cache_dir=null", "logging.trackers=[]", "train.predict_test=false",
+        ],
+    )  # fmt: skip
+    loop.finetune(cfg)
+    assert len(calls) == 64 // 8 // 2 + 1  # every 2nd of 8 steps, and after the evaluation

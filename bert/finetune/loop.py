@@ -37,7 +37,7 @@ from bert.optim import Schedule, build_optimizer
 from bert.progress import Progress
 from bert.tasks import Task, load_task
 from bert.tokenizer import load_tokenizer, pair_tokenizer, tokenizer_folder
-from bert.training import make_accelerator, prepare_model
+from bert.training import make_accelerator, prepare_model, release_freed_memory
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 """Files copied beside a saved model so that the folder loads on its own (here and in `transformers`)."""
@@ -140,6 +140,7 @@ def train_one_seed(
         interval=cfg.logging.progress_interval,
     )
     epochs = math.ceil(train_cfg.epochs)
+    release_every = train_cfg.release_memory_every if accelerator.device.type == "cpu" else None
     for epoch in range(epochs):
         model.train()
         sampler.set_epoch(epoch)
@@ -156,6 +157,8 @@ def train_one_seed(
                 lr_step += 1
             optimizer.zero_grad(set_to_none=True)
             step += 1
+            if release_every and step % release_every == 0:
+                release_freed_memory()
             loss_sum += loss.detach()
             loss_count += 1
             if step % train_cfg.log_every == 0:
@@ -173,6 +176,8 @@ def train_one_seed(
             name: score(task, predict(model, loader, accelerator, len(data.dev[name])), data.dev[name].labels)
             for name, loader in dev_loaders.items()
         }
+        if release_every:
+            release_freed_memory()
         record = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum.item() / max(loss_count, 1)}
         record.update({f"{name}/{k}": v for name, m in dev_metrics.items() for k, v in m.items()})
         history.append(record)

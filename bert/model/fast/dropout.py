@@ -32,8 +32,10 @@ def cheap_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Ten
     # The full signed range: random_() without bounds leaves the top bit of an int64 at zero.
     words.random_(-(1 << 63), (1 << 63) - 1)
     bits = words.view(torch.int16)[:count].view(x.shape)  # uniform over [-32768, 32767]
-    keep = bits >= dropped_levels - _LEVELS // 2
-    return torch.where(keep, x, 0.0) * scale
+    dropped = bits < dropped_levels - _LEVELS // 2
+    del words, bits
+    # One float temporary: masked_fill's backward needs only the mask, so the scaling can be in place.
+    return x.masked_fill(dropped, 0.0).mul_(scale)
 
 
 class CheapDropout(nn.Dropout):
