@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from bert.data.corpus import CorpusStats, detect_layout, iter_documents, resolve_inputs, split_sentences
+from bert.data.corpus import CorpusStats, detect_layout, iter_documents, resolve_inputs
+from bert.data.sentences import split_sentences
 from bert.errors import UserError
 
 SHARED_CORPUS = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "corpus"
