@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bert.batch import PretrainingBatch
+
 
 def examples(num: int, seq_len: int, vocab: int, rng: np.random.Generator) -> list[dict]:
     out = []
@@ -52,18 +54,20 @@ def time_collator(collator, data: list[dict], batch_size: int, seconds: float = 
     return count / (time.perf_counter() - started)
 
 
-def time_bert_base_step(batch: dict, steps: int) -> float:
+def time_bert_base_step(batch: PretrainingBatch, steps: int) -> float:
     from transformers import BertConfig, BertForPreTraining
+
+    from bert.bench import hf_mlm_labels
 
     model = BertForPreTraining(BertConfig())  # BERT-base: 12 layers, hidden 768
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    labels = torch.full_like(batch["input_ids"], -100)
-    labels.scatter_(1, batch["masked_lm_positions"], batch["masked_lm_labels"].clamp(min=0))
-    inputs = {k: batch[k] for k in ("input_ids", "token_type_ids", "attention_mask")}
+    labels = hf_mlm_labels(batch.input_ids, batch.masked_lm_positions, batch.masked_lm_labels)
+    inputs = {"input_ids": batch.input_ids, "token_type_ids": batch.token_type_ids}
+    inputs["attention_mask"] = batch.attention_mask
     times = []
     for step in range(steps + 1):
         started = time.perf_counter()
-        out = model(**inputs, labels=labels, next_sentence_label=batch["next_sentence_label"])
+        out = model(**inputs, labels=labels, next_sentence_label=batch.next_sentence_label)
         out.loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -14,7 +14,7 @@ Sections (each one runs even if another failed; its error is recorded):
 6. compile: a compiled against an eager training step (`bert bench --sides plain,compiled`).
 
 `--device cpu` is the dry run: the same code on tiny sizes (BERT-tiny, 2 steps, fp32, torch.compile's
-'eager' backend), to check the script where no GPU is lent. scripts/gpu_check.sh installs what it needs
+'eager' backend), to check the script on a machine without a GPU. scripts/gpu_check.sh installs what it needs
 and calls this.
 """
 

@@ -4,15 +4,15 @@
 # compiled against an eager step. About 5 minutes on one H100/H200; writes gpu_check.json and gpu_check.txt.
 #
 # Usage: bash scripts/gpu_check.sh [--device cpu] [--out DIR] [--corpus PATH] [--corpus-mb N]
-#   --device cpu   the dry run (tiny sizes), where no GPU is lent
-#   --out          default $OUT if set (the device tool's output folder), else runs/gpu_check
+#   --device cpu   the dry run (tiny sizes), on a machine without a GPU
+#   --out          default $OUT if that is set (a job's output folder), else runs/gpu_check
 #   --corpus       default ../shared/data/corpus; on a machine where that is not beside the checkout, copy
 #                  a slice into an ignored folder of the repo and pass it (e.g. --corpus .gpu_data/corpus)
 #
 # What it installs: nothing from a network. The project runs from the checkout (PYTHONPATH). Missing Python
 # packages can be brought as wheels in .whl/ (ignored by git), installed with --no-index; flash-attn only if
-# a wheel of it is there (never built from source). On the GPU machine of this project's device tool the
-# image lacks `datasets` (and its dill and multiprocess): download them here with
+# a wheel of it is there (never built from source). Where the GPU machine's Python lacks `datasets` (and its
+# dill and multiprocess), download them on a machine with a network with
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl datasets dill multiprocess
 set -euo pipefail
