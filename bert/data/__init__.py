@@ -6,7 +6,8 @@
                   sentence splitter), `records.py` (JSONL/CSV/Parquet, Hugging Face datasets);
 - `instances.py`  NSP pairs and MLM-only chunks (Google's create_pretraining_data semantics);
 - `masking.py`    MLM masking (80/10/10, whole-word option), vectorised, a pure function of seeds;
-- `prepare.py`    `bert prepare`: `run_prepare`, the stages from corpus to shards, the cache;
+- `prepare.py`    `bert prepare`: `run_prepare`, the stages from corpus to shards, the cache; the row
+                  functions of its instance stage in `instance_rows.py`;
 - `prepared.py`   the prepared folder's format: `load_prepared`, meta.json, the split files;
 - `collator.py`   `PretrainingCollator` / `build_collator`: padded batches with dynamic masks;
 - `show.py`       `bert inspect`: tables and pictures of prepared examples and batches.

@@ -7,8 +7,8 @@ Stages, each bounded in memory (the corpus is never held as Python lists):
    there are two or more), and shuffles the order of the rest;
 3. tokenizer: trained from the Arrow file's sentences (`tokenizers` WordPiece) or loaded from data.tokenizer;
 4. instances: the shuffled documents are written in groups of about 256 (one group an Arrow row), then
-   `datasets.map` over the groups (num_proc workers) encodes all sentences of a group with one
-   `encode_batch_fast` call and builds instances with Google's rules (`instances.py`); a random "B" comes from
+   `datasets.map` over the groups (num_proc workers) runs `instance_rows.make_instances`: all sentences of a
+   group encoded in one call, instances built with Google's rules (`instances.py`); a random "B" comes from
    another document of the same group, which, the documents being shuffled, is a random document of the
    corpus; each group's `random.Random` is seeded by (seed, split, group index), so num_proc never changes
    the result;
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import sys
 import time
@@ -38,7 +37,7 @@ import numpy as np
 
 from bert import fs
 from bert.data.corpus import CorpusStats, Document, iter_documents, resolve_inputs
-from bert.data.instances import create_instances
+from bert.data.instance_rows import final_features, finish_instances, instance_features, make_instances
 from bert.data.prepared import (
     COMPLETE_MARKER,
     FORMAT_VERSION,
@@ -145,87 +144,6 @@ def _write_groups(docs: Any, indices: np.ndarray, path: Path) -> int:
     return groups
 
 
-def _make_instances(
-    batch: dict[str, list], indices: list[int], tokenizer: Any, options: dict
-) -> dict[str, list]:
-    """One group of documents: encode all its sentences in one call, then build the group's instances."""
-    (docs,) = batch["documents"]  # batch_size=1: one group
-    flat = [s for doc in docs for s in doc]
-    encoded = tokenizer.encode_batch_fast(flat, add_special_tokens=False) if flat else []
-    tokenized: list[list[list[int]]] = []
-    k = 0
-    for doc in docs:
-        tokenized.append([e.ids for e in encoded[k : k + len(doc)] if e.ids])
-        k += len(doc)
-    # Seeded by the group's index: the result does not depend on num_proc or scheduling.
-    rng = random.Random(f"{options['seed']}:{options['split']}:{indices[0]}")
-    instances = create_instances(
-        tokenized,
-        options["max_seq_length"],
-        options["short_seq_prob"],
-        options["nsp"],
-        options["dupe_factor"],
-        options["cls_id"],
-        options["sep_id"],
-        rng,
-    )
-    out: dict[str, list] = {
-        "input_ids": [i.input_ids for i in instances],
-        "token_type_ids": [i.token_type_ids for i in instances],
-    }
-    if options["nsp"]:
-        out["next_sentence_label"] = [i.next_sentence_label for i in instances]
-    return out
-
-
-def _finish_instances(batch: dict[str, list], indices: list[int], options: dict) -> dict[str, list]:
-    """Number the (already shuffled) instances and, for static masking, draw and store their masks."""
-    batch["id"] = list(indices)
-    if options["static_masking"]:
-        from bert.data.masking import example_seeds, mask_batch
-
-        lengths = np.array([len(x) for x in batch["input_ids"]], dtype=np.int64)
-        padded = np.full((len(lengths), int(lengths.max())), options["pad_id"], dtype=np.int64)
-        for row, ids in enumerate(batch["input_ids"]):
-            padded[row, : len(ids)] = ids
-        masked = mask_batch(
-            padded,
-            lengths,
-            example_seeds(options["seed"], 0, np.asarray(indices)),
-            options["spec"],
-            options["masked_lm_prob"],
-            options["max_predictions_per_seq"],
-        )
-        counts = (masked.masked_lm_labels != -100).sum(1)
-        batch["input_ids"] = [row[:n].tolist() for row, n in zip(masked.input_ids, lengths)]
-        batch["masked_lm_positions"] = [
-            row[:n].tolist() for row, n in zip(masked.masked_lm_positions, counts)
-        ]
-        batch["masked_lm_labels"] = [row[:n].tolist() for row, n in zip(masked.masked_lm_labels, counts)]
-    return batch
-
-
-def _list_of(value: Any) -> Any:
-    try:
-        from datasets import List  # datasets >= 4
-    except ImportError:  # pragma: no cover - older datasets
-        from datasets import Sequence as List
-    return List(value)
-
-
-def _features(nsp: bool, static: bool) -> Any:
-    from datasets import Features, Value
-
-    features = {"input_ids": _list_of(Value("int32")), "token_type_ids": _list_of(Value("int8"))}
-    if nsp:
-        features["next_sentence_label"] = Value("int8")
-    features["id"] = Value("int64")
-    if static:
-        features["masked_lm_positions"] = _list_of(Value("int32"))
-        features["masked_lm_labels"] = _list_of(Value("int32"))
-    return Features(features)
-
-
 # ------------------------------------------------------------------------------------------------- main
 
 
@@ -260,7 +178,7 @@ def _build_split(
     out: Path,
     progress: bool,
 ) -> dict[str, Any]:
-    from datasets import Dataset, Features, Value
+    from datasets import Dataset
 
     from bert.data.masking import MaskingSpec
     from bert.tokenizer import special_ids
@@ -276,23 +194,19 @@ def _build_split(
         "cls_id": ids.cls,
         "sep_id": ids.sep,
     }
-    instance_features = {"input_ids": _list_of(Value("int32")), "token_type_ids": _list_of(Value("int8"))}
-    if data_cfg.nsp:
-        instance_features["next_sentence_label"] = Value("int8")
+    features = instance_features(data_cfg.nsp)
     if len(indices) == 0:
-        instances = Dataset.from_dict(
-            {k: [] for k in instance_features}, features=Features(instance_features)
-        )
+        instances = Dataset.from_dict({k: [] for k in features}, features=features)
     else:
         num_groups = _write_groups(docs, indices, work / f"groups_{split}.arrow")
         groups = Dataset.from_file(str(work / f"groups_{split}.arrow"))
         instances = groups.map(
-            _make_instances,
+            make_instances,
             batched=True,
             batch_size=1,
             with_indices=True,
             remove_columns=["documents"],
-            features=Features(instance_features),
+            features=features,
             fn_kwargs={"tokenizer": tokenizer, "options": options},
             num_proc=_num_proc(data_cfg, num_groups),
             cache_file_name=str(work / f"instances_{split}.arrow"),
@@ -311,11 +225,11 @@ def _build_split(
     # Google shuffles instances so that a batch mixes documents even without a shuffling loader.
     shuffled = instances.shuffle(seed=data_cfg.seed) if len(instances) else instances
     final = shuffled.map(
-        _finish_instances,
+        finish_instances,
         batched=True,
         batch_size=1000,
         with_indices=True,
-        features=_features(data_cfg.nsp, data_cfg.static_masking),
+        features=final_features(data_cfg.nsp, data_cfg.static_masking),
         fn_kwargs={"options": finish},
         cache_file_name=str(work / f"final_{split}.arrow"),
         new_fingerprint=f"final-{split}",
