@@ -37,6 +37,8 @@ from typing import Any
 
 import torch
 
+from bert.batch import IGNORE_INDEX
+
 
 def realistic_batch(
     batch_size: int, seq_len: int, vocab_size: int, generator: torch.Generator, masked_lm_prob: float = 0.15
@@ -69,7 +71,7 @@ def realistic_batch(
         "token_type_ids": torch.zeros(batch_size, pad_to, dtype=torch.long),
         "attention_mask": torch.zeros(batch_size, pad_to, dtype=torch.long),
         "masked_lm_positions": torch.zeros(batch_size, p, dtype=torch.long),
-        "masked_lm_labels": torch.full((batch_size, p), -100, dtype=torch.long),
+        "masked_lm_labels": torch.full((batch_size, p), IGNORE_INDEX, dtype=torch.long),
         "next_sentence_label": torch.randint(0, 2, (batch_size,), generator=generator),
     }
     for b, (ids, types, positions) in enumerate(rows):
@@ -107,9 +109,9 @@ def hf_mlm_labels(
 ) -> torch.Tensor:
     """(B, P) slot labels (-100 = unused) at (B, P) positions -> Hugging Face's (B, T) form: the label at the
     masked positions, -100 elsewhere."""
-    labels = torch.full_like(input_ids, -100)
+    labels = torch.full_like(input_ids, IGNORE_INDEX)
     rows = torch.arange(labels.shape[0]).unsqueeze(1).expand_as(masked_lm_positions)
-    used = masked_lm_labels != -100
+    used = masked_lm_labels != IGNORE_INDEX
     labels[rows[used], masked_lm_positions[used]] = masked_lm_labels[used]
     return labels
 
