@@ -7,7 +7,8 @@ signal, sums over processes, and printing on the main process only.
   --num_processes 2` runs one) is one warning.
 - `prepare_model`: the fast paths of bert.model.fast for the device and config, or torch.compile.
 - `StopSignal`: SIGTERM/SIGINT set a flag that the loops all-reduce, so every process stops at the same step.
-- `release_freed_memory`: hand the C heap's freed pages back to the OS (glibc's `malloc_trim`).
+- `release_freed_memory`: hand the C heap's freed pages back to the OS (glibc's `malloc_trim`);
+  `peak_rss_gb`: this process's peak resident memory, as the dashboards show it.
 """
 
 from __future__ import annotations
@@ -122,6 +123,25 @@ def release_freed_memory() -> None:
             _LIBC = False
     if _LIBC:
         _LIBC.malloc_trim(0)
+
+
+def peak_rss_gb() -> float:
+    """The peak resident memory of this process in GiB: the kernel's high-water mark (VmHWM) on Linux.
+
+    Why not `getrusage(RUSAGE_SELF).ru_maxrss`: on Linux it survives fork and exec, so a run started by a large
+    process (a benchmark script holding models, a notebook) reports the parent's peak as its own. Elsewhere
+    ru_maxrss is the fallback (kilobytes on Linux, bytes on macOS)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**20  # kB
+    except OSError:
+        pass
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**30 if sys.platform == "darwin" else peak / 2**20
 
 
 def all_reduce_sum(accelerator: Any, values: list[float]) -> list[float]:

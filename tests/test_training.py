@@ -76,3 +76,24 @@ def test_release_freed_memory_is_safe_to_call_and_finetuning_calls_it(monkeypatc
     )  # fmt: skip
     loop.finetune(cfg)
     assert len(calls) == 64 // 8 // 2 + 1  # every 2nd of 8 steps, and after the evaluation
+
+
+def test_peak_rss_is_this_processs_own_not_a_large_parents():
+    import subprocess
+    import sys
+
+    from bert.training import peak_rss_gb
+
+    assert 0.01 < peak_rss_gb() < 64  # this test process: torch is loaded
+    ballast = bytearray(600 * 2**20)  # the parent touches 600 MiB before starting the child
+    ballast[::4096] = b"\x01" * len(ballast[::4096])
+    code = (
+        "import resource; from bert.training import peak_rss_gb; "
+        "print(peak_rss_gb(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)"
+    )
+    own, inherited = map(float, subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                               check=True).stdout.split())  # fmt: skip
+    del ballast
+    if sys.platform.startswith("linux"):
+        assert inherited > 0.55, "negative control: ru_maxrss carries the parent's peak over exec"
+        assert own < 0.5, own

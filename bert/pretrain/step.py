@@ -9,7 +9,6 @@ the non-finite flag and the stop flag cross the processes in ONE collective (`re
 
 from __future__ import annotations
 
-import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from bert.hooks import TrainHooks
 from bert.losses import gradient_factor, pretraining_loss
 from bert.metrics import MetricTotals, example_stats
 from bert.sampler import ShardedBatchSampler
-from bert.training import all_reduce_sum
+from bert.training import all_reduce_sum, peak_rss_gb
 
 if TYPE_CHECKING:
     from bert.budget import Budget
@@ -277,7 +276,7 @@ class Window:
             if mfu is not None:
                 logs["mfu"] = mfu
         else:
-            logs["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+            logs["peak_rss_gb"] = peak_rss_gb()
         self.results, self.start = [], time.time()
         return logs
 
