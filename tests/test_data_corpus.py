@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from bert.data.corpus import CorpusStats, detect_layout, iter_documents, resolve_inputs
+from bert.data.corpus import detect_layout, iter_documents, resolve_inputs
+from bert.data.documents import CorpusStats
 from bert.data.sentences import split_sentences
 from bert.errors import UserError
 

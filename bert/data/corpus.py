@@ -37,10 +37,6 @@ from bert.data.records import csv_documents, hf_documents, jsonl_documents, parq
 from bert.data.sentences import split_sentences
 from bert.errors import UserError
 
-__all__ = [
-    "CorpusInput", "CorpusStats", "Document", "detect_layout", "iter_documents", "resolve_inputs", "split_sentences",
-]  # fmt: skip
-
 TEXT_SUFFIXES = {".txt", ".text", ".md", ".rst"}
 """Extensions read as text when a folder is expanded (a file named explicitly is read whatever its name).
 Any of these (but Parquet) may be gzip-compressed: "wiki.txt.gz", "docs.jsonl.gz"."""

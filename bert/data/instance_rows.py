@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from bert.batch import IGNORE_INDEX
 from bert.data.instances import create_instances
 
 
@@ -69,7 +70,7 @@ def finish_instances(batch: dict[str, list], indices: list[int], options: dict) 
             options["masked_lm_prob"],
             options["max_predictions_per_seq"],
         )
-        counts = (masked.masked_lm_labels != -100).sum(1)
+        counts = (masked.masked_lm_labels != IGNORE_INDEX).sum(1)
         batch["input_ids"] = [row[:n].tolist() for row, n in zip(masked.input_ids, lengths)]
         batch["masked_lm_positions"] = [
             row[:n].tolist() for row, n in zip(masked.masked_lm_positions, counts)

@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 
 from bert import fs
-from bert.data.corpus import CorpusStats, Document, iter_documents, resolve_inputs
+from bert.data.corpus import iter_documents, resolve_inputs
+from bert.data.documents import CorpusStats, Document
 from bert.data.instance_rows import final_features, finish_instances, instance_features, make_instances
 from bert.data.prepared import (
     COMPLETE_MARKER,
