@@ -64,14 +64,26 @@ def summarize(totals: dict[str, float]) -> dict[str, float]:
 
 
 class MetricTotals:
-    """Running sums of `example_stats` over evaluation batches."""
+    """Running sums of `example_stats` over evaluation batches, kept on the batches' device: `result` reads
+    them back in one transfer, so an evaluation waits for the device once, not once per batch."""
 
     def __init__(self) -> None:
-        self.totals: dict[str, float] = {}
+        self.totals: dict[str, torch.Tensor] = {}
 
     def add(self, stats: dict[str, torch.Tensor]) -> None:
         for key, value in stats.items():
-            self.totals[key] = self.totals.get(key, 0.0) + float(value.double().sum())
+            total = value.detach().double().sum()
+            self.totals[key] = self.totals[key] + total if key in self.totals else total
 
-    def result(self) -> dict[str, float]:
-        return summarize(self.totals)
+    def result(self, extra: torch.Tensor | None = None):
+        """The summarised metrics; with `extra` (a 1-d tensor on the same device) read in the same transfer,
+        returns (metrics, extra's values)."""
+        names = list(self.totals)
+        parts = [torch.stack([self.totals[n] for n in names])] if names else []
+        if extra is not None:
+            parts.append(extra.double().reshape(-1).to(parts[0].device if parts else extra.device))
+        values = torch.cat(parts).tolist() if parts else []
+        metrics = summarize(dict(zip(names, values[: len(names)])))
+        if extra is None:
+            return metrics
+        return metrics, values[len(names) :]

@@ -56,6 +56,12 @@ class Lamb(torch.optim.Optimizer):
 
     As in NVIDIA's BERT recipe, groups with `use_trust_ratio=False` (biases and LayerNorm, which also get
     no weight decay) take a plain Adam step (r = 1). Bias correction is on, as in NVIDIA's FusedLAMB.
+
+    Written with `torch._foreach_*` ops: a step launches a few kernels per group, not a dozen per tensor (a
+    per-tensor loop costs thousands of kernel launches a step on a GPU). Like torch's fused Adam, a step
+    skips itself on the device when `self.found_inf` (a float tensor, nonzero = skip) is set, so the
+    training step never reads a flag back to the host: moments, step counts and weights stay exactly as
+    they were.
     """
 
     def __init__(
@@ -68,6 +74,7 @@ class Lamb(torch.optim.Optimizer):
     ) -> None:
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, use_trust_ratio=True)
         super().__init__(params, defaults)
+        self.found_inf: torch.Tensor | None = None
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: ANN001 - torch's signature
@@ -76,32 +83,71 @@ class Lamb(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                grad = p.grad.float()
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p, dtype=torch.float32)
-                    state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32)
-                state["step"] += 1
-                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-                exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
-                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                m_hat = exp_avg / (1 - beta1 ** state["step"])
-                v_hat = exp_avg_sq / (1 - beta2 ** state["step"])
-                update = m_hat / (v_hat.sqrt() + group["eps"])
-                weight = p.float()
-                if group["weight_decay"]:
-                    update.add_(weight, alpha=group["weight_decay"])
-                ratio = 1.0
-                if group["use_trust_ratio"]:
-                    w_norm, u_norm = weight.norm(), update.norm()
-                    ratio = torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm, torch.ones_like(w_norm))
-                p.sub_((group["lr"] * ratio * update).to(p.dtype))
+            params = [p for p in group["params"] if p.grad is not None]
+            if params:
+                self._step_group(group, params)
         return loss
+
+    def _step_group(self, group: dict, params: list[torch.Tensor]) -> None:
+        beta1, beta2 = group["betas"]
+        for p in params:
+            state = self.state[p]
+            if not state:
+                state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+                state["exp_avg"] = torch.zeros_like(p, dtype=torch.float32)
+                state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32)
+            elif not torch.is_tensor(state["step"]):  # a state saved by the per-tensor version
+                state["step"] = torch.tensor(float(state["step"]), device=p.device)
+        states = [self.state[p] for p in params]
+        steps = [s["step"] for s in states]
+        exp_avgs = [s["exp_avg"] for s in states]
+        exp_avg_sqs = [s["exp_avg_sq"] for s in states]
+        grads = [p.grad.float() for p in params]
+        if self.found_inf is not None:
+            # keep = 1 on a good step, 0 on a skipped one; non-finite gradients are zeroed first so that
+            # keep * (new - old) is exactly 0 and nothing moves.
+            keep = 1.0 - (self.found_inf.reshape(()) > 0).float()
+            grads = [torch.where(torch.isfinite(g), g, 0.0) for g in grads]
+            torch._foreach_mul_(grads, keep)
+            torch._foreach_add_(steps, keep)
+        else:
+            keep = None
+            torch._foreach_add_(steps, 1.0)
+        # m += (1 - b1)(g - m) and v += (1 - b2)(g^2 - v) are b1 m + (1 - b1) g and b2 v + (1 - b2) g^2;
+        # on a skipped step the factors are 0 (keep) and the moments stay bit-identical.
+        delta = torch._foreach_sub(grads, exp_avgs)
+        torch._foreach_mul_(delta, (1 - beta1) if keep is None else keep * (1 - beta1))
+        torch._foreach_add_(exp_avgs, delta)
+        delta = torch._foreach_mul(grads, grads)
+        torch._foreach_sub_(delta, exp_avg_sqs)
+        torch._foreach_mul_(delta, (1 - beta2) if keep is None else keep * (1 - beta2))
+        torch._foreach_add_(exp_avg_sqs, delta)
+        # bias corrections per tensor (a step count of 0, a skipped first step, divides by 1, not 0)
+        counts = torch.stack(steps).clamp(min=1.0)
+        correction1 = (1 - beta1**counts).unbind()
+        correction2_sqrt = (1 - beta2**counts).sqrt().unbind()
+        denom = torch._foreach_sqrt(exp_avg_sqs)
+        torch._foreach_div_(denom, correction2_sqrt)
+        torch._foreach_add_(denom, group["eps"])
+        update = torch._foreach_div(exp_avgs, correction1)
+        torch._foreach_div_(update, denom)
+        weights = [p.float() for p in params]
+        if group["weight_decay"]:
+            torch._foreach_add_(update, weights, alpha=group["weight_decay"])
+        if group["use_trust_ratio"]:
+            w_norm = torch.stack(torch._foreach_norm(weights))
+            u_norm = torch.stack(torch._foreach_norm(update))
+            ratio = torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm, torch.ones_like(w_norm))
+            torch._foreach_mul_(update, (ratio * -group["lr"]).unbind())
+        else:
+            torch._foreach_mul_(update, -group["lr"])
+        if keep is not None:
+            torch._foreach_mul_(update, keep)
+        if params[0].dtype == torch.float32 and all(p.dtype == torch.float32 for p in params):
+            torch._foreach_add_(params, update)
+        else:
+            for p, u in zip(params, update):
+                p.add_(u.to(p.dtype))
 
 
 def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:

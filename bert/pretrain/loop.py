@@ -45,24 +45,30 @@ def pretrain(cfg: PretrainConfig, hooks: TrainHooks | None = None) -> dict[str, 
 
 
 def train(run: Run, hooks: TrainHooks) -> dict[str, Any]:
-    """The loop: fetch a step's batches, step, log, evaluate, save; then the final evaluation and export."""
+    """The loop: fetch a step's batches, step, agree, log, evaluate, save; then the final evaluation and
+    export. Nothing is read back from the device between agreement points (bert/pretrain/step.py)."""
     cfg, accelerator, state = run.cfg, run.accelerator, run.state
-    k, budget = cfg.train.gradient_accumulation_steps, run.parts.budget
+    k, budget, pace = cfg.train.gradient_accumulation_steps, run.parts.budget, run.parts.pace
     elapsed = run.clock(hooks)
-    window = Window()
+    window = Window(run.parts)
     if cfg.train.eval_at_start and state.step == 0:
         run.log("eval", evaluate(run.parts, run.eval_loader, state.step, hooks).metrics)
-    while not budget.spent(state.step, state.counters["train_seconds"], state.counters["tokens"]):
+    while not budget.spent(state.step, *pace.estimate(state.step)):
         batches = [next(run.batches) for _ in range(k)]
         hooks.on_batches(state.step + 1, batches, accelerator.process_index)
-        result = train_step(run.parts, state.step, batches, hooks, elapsed, state.counters["tokens"])
-        state.advance(result, run.sampler, k)
+        result = train_step(run.parts, state.step, batches, hooks, elapsed)
+        state.advance(run.sampler, k)
         window.add(result)
         shown = {"budget": f"{result.progress:.0%}"} if budget.by_fraction else {}
-        run.progress.update(1, loss=result.loss, tok_s=window.tokens_per_s(), **shown)
+        run.progress.update(1, loss=window.last_loss, tok_s=window.tokens_per_s(), **shown)
 
-        if not result.finite:
-            run.print(f"step {state.step}: non-finite loss or gradient norm on some process, step skipped")
+        stop = pace.exact and run.stop.requested  # one process: a host flag, nothing to agree on
+        if stop or agreement_due(cfg, state.step, budget, pace):
+            agreed = window.agree(elapsed, run.stop.requested)
+            stop = agreed.stop
+            for skipped in state.absorb(agreed):
+                run.print(f"step {skipped}: non-finite loss or gradient norm on some process, step skipped")
+            pace.agree(state.step, agreed.seconds, state.counters["tokens"])
             if state.nonfinite_streak >= cfg.train.max_nonfinite_steps:
                 latest = ckpt.latest_checkpoint(run.run_dir)
                 raise UserError(
@@ -72,14 +78,14 @@ def train(run: Run, hooks: TrainHooks) -> dict[str, Any]:
                     "try a lower optimizer.lr or more warmup",
                     exit_code=1,
                 )
-        if state.step % cfg.train.log_every == 0 or result.progress >= 1.0:
-            run.log("train", window.flush(run.parts, state.counters, result.lr))
+            progress = budget.progress(state.step, pace.seconds, pace.tokens)
+            if state.step % cfg.train.log_every == 0 or progress >= 1.0:
+                run.log("train", window.flush(state.counters, result.lr, progress))
 
-        stop = result.stop_requested
         if not stop and cfg.train.eval_every and state.step % cfg.train.eval_every == 0:
             evaluation = evaluate(run.parts, run.eval_loader, state.step, hooks)
             stop = evaluation.interrupted
-            if not stop:
+            if evaluation.complete:
                 run.log("eval", evaluation.metrics)
         if stop:
             saved = run.save()
@@ -96,3 +102,15 @@ def train(run: Run, hooks: TrainHooks) -> dict[str, Any]:
         run.save()
     run.export()
     return run.result(stopped=False)
+
+
+def agreement_due(cfg: PretrainConfig, step: int, budget: Any, pace: Any) -> bool:
+    """Whether the processes agree (one collective, one device read) after `step`: at every logging,
+    evaluation and checkpoint step, and when the budget is, or is estimated to be, spent."""
+    train = cfg.train
+    return (
+        step % train.log_every == 0
+        or bool(train.eval_every and step % train.eval_every == 0)
+        or bool(train.save_every and step % train.save_every == 0)
+        or budget.spent(step, *pace.estimate(step))
+    )

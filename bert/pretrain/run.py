@@ -21,7 +21,7 @@ from bert.config import PretrainConfig, flatten, save_config, to_dict
 from bert.errors import UserError
 from bert.export import write_export
 from bert.optim import Schedule, apply_hyperparameters, build_optimizer
-from bert.pretrain.step import RunState, TrainingParts
+from bert.pretrain.step import Pace, RunState, TrainingParts, skips_on_device
 from bert.progress import Progress
 from bert.sampler import EpochDataset, ShardedBatchSampler
 from bert.tracking import MetricsFile, hparams, new_run_id, tracker_setup
@@ -131,7 +131,15 @@ class Run:
             cfg.train.max_steps, parse_duration(max_time) if max_time else None, cfg.train.max_tokens
         )
         self.parts = TrainingParts(
-            cfg, accelerator, self.model, self.optimizer, self.schedule, self.cross_entropy, self.stop, budget
+            cfg,
+            accelerator,
+            self.model,
+            self.optimizer,
+            self.schedule,
+            self.cross_entropy,
+            self.stop,
+            budget,
+            skip_on_device=skips_on_device(accelerator, self.optimizer),
         )
 
     def _resume(self) -> None:
@@ -156,6 +164,7 @@ class Run:
             folder = self._choose_checkpoint(before=folder)
         if folder is None:
             set_seed(cfg.train.seed + accelerator.process_index)  # different dropout on every process
+            self.parts.pace = Pace(exact=accelerator.num_processes == 1)
             return
         apply_hyperparameters(self.optimizer, cfg.optimizer)
         state = self.state
@@ -164,6 +173,10 @@ class Run:
         state.counters.update(meta.get("counters", {}))
         state.last_eval = meta.get("eval", {})
         self.run_id = meta.get("run_id") or self.run_id
+        counters = state.counters
+        self.parts.pace = Pace(
+            accelerator.num_processes == 1, state.step, counters["train_seconds"], counters["tokens"]
+        )
         self.metrics_lines = meta.get("metrics_lines", 0)
         self.print(
             f"resumed from {folder} (step {state.step}, epoch {state.epoch}, micro-batch {state.index})"
