@@ -36,6 +36,9 @@ class PretrainingBatch:
     """(B,) 0 = B follows A, 1 = B is random, IGNORE_INDEX = no pair; None for MLM-only data."""
     example_ids: torch.Tensor | None = None
     """(B, 2) (epoch, index) of each example in the training set: what the loop consumed, for audits."""
+    host_counts: tuple[int, int, int] | None = None
+    """(labelled MLM slots, NSP labels, real tokens), counted by the collator with NumPy: the training step
+    takes its normalisers from here and reads nothing back from a tensor (None: counted from the tensors)."""
 
     MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask", "masked_lm_positions")
 
@@ -46,21 +49,32 @@ class PretrainingBatch:
     def to(self, device: torch.device | str, non_blocking: bool = False) -> PretrainingBatch:
         return _to(self, device, non_blocking)
 
+    def pin_memory(self) -> PretrainingBatch:
+        """Page-locked copies (the DataLoader calls this with pin_memory=True): copies to a GPU then run
+        asynchronously with `to(device, non_blocking=True)`."""
+        return _pin(self)
+
     @property
     def num_sequences(self) -> int:
         return self.input_ids.shape[0]
 
     def num_masked(self) -> int:
-        """Labelled MLM slots (read on the host: call it on the collator's CPU tensors)."""
+        """Labelled MLM slots (the collator's count, else read from the labels)."""
+        if self.host_counts is not None:
+            return self.host_counts[0]
         return int((self.masked_lm_labels != IGNORE_INDEX).sum())
 
     def num_nsp_labels(self) -> int:
         """Sequences with an NSP label (0 in MLM-only data)."""
+        if self.host_counts is not None:
+            return self.host_counts[1]
         if self.next_sentence_label is None:
             return 0
         return int((self.next_sentence_label != IGNORE_INDEX).sum())
 
     def num_real_tokens(self) -> int:
+        if self.host_counts is not None:
+            return self.host_counts[2]
         return int(self.attention_mask.sum())
 
 
@@ -87,6 +101,20 @@ class PairBatch:
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> PairBatch:
         return _to(self, device, non_blocking)
+
+    def pin_memory(self) -> PairBatch:
+        return _pin(self)
+
+
+def _pin(batch: Any) -> Any:
+    import torch
+
+    pinned = {
+        f.name: value.pin_memory() if isinstance(value, torch.Tensor) else value
+        for f in dataclasses.fields(batch)
+        for value in [getattr(batch, f.name)]
+    }
+    return type(batch)(**pinned)
 
 
 def _to(batch: Any, device: torch.device | str, non_blocking: bool) -> Any:

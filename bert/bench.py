@@ -109,11 +109,10 @@ def hf_mlm_labels(
 ) -> torch.Tensor:
     """(B, P) slot labels (-100 = unused) at (B, P) positions -> Hugging Face's (B, T) form: the label at the
     masked positions, -100 elsewhere."""
-    labels = torch.full_like(input_ids, IGNORE_INDEX)
-    rows = torch.arange(labels.shape[0]).unsqueeze(1).expand_as(masked_lm_positions)
-    used = masked_lm_labels != IGNORE_INDEX
-    labels[rows[used], masked_lm_positions[used]] = masked_lm_labels[used]
-    return labels
+    labels = torch.full_like(input_ids, IGNORE_INDEX)  # (B, T), on the batch's device
+    # Unused slots hold position 0 ([CLS], never masked) and the label IGNORE_INDEX, so scattering every
+    # slot writes IGNORE_INDEX where it already is: no boolean indexing, no host read, no CPU tensor.
+    return labels.scatter_(1, masked_lm_positions, masked_lm_labels)
 
 
 SIDES = ("ours", "plain", "compiled", "reference")

@@ -228,8 +228,9 @@ class TrainConfig:
     """Sequences per device per micro-batch."""
     gradient_accumulation_steps: int = 1
     """Micro-batches accumulated per optimizer step; global batch = batch_size x accumulation x processes."""
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
-    """Autocast precision handed to Accelerate."""
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
+    """Autocast precision: auto takes the launcher's (`accelerate launch` config or ACCELERATE_MIXED_PRECISION),
+    else bf16 on a GPU that has it, else no (fp32; on CUDA with TF32 matmuls). The run prints its choice."""
     seed: int = 42
     """Seed of initialisation, shuffling, dropout and dynamic masking."""
     eval_every: int = 200
@@ -246,8 +247,9 @@ class TrainConfig:
     """Model weights to start from (phase 2, continued training); not a resume."""
     resume: bool = True
     """Continue from the latest complete checkpoint in output_dir when one exists."""
-    num_workers: int = 0
-    """DataLoader worker processes."""
+    num_workers: int | None = None
+    """DataLoader worker processes (None: 2 on CUDA, where the host must stay ahead of the GPU; 0 on the CPU,
+    where workers compete with the step for the cores)."""
     max_nonfinite_steps: int = 10
     """Stop after this many consecutive steps with a non-finite loss or gradient norm."""
     eval_at_start: bool = False
@@ -261,6 +263,12 @@ class TrainConfig:
     """torch.compile backend: inductor (generates kernels), or aot_eager / eager to debug tracing."""
     fast_paths: Literal["auto", "on", "off"] = "auto"
     """The model's speedups (bert/model/fast): auto (on for the CPU, off on CUDA and under compile), on, off."""
+    static_shapes: Literal["auto", "on", "off"] = "auto"
+    """Pad every batch to data.max_seq_length tokens and data.max_predictions_per_seq masked slots, so that a
+    compiled step is built once (auto: on for CUDA and under compile, off on the CPU, where padding costs)."""
+    compile_mode: str | None = None
+    """torch.compile mode with train.compile: null (default), max-autotune-no-cudagraphs, or reduce-overhead
+    / max-autotune (CUDA graphs: needs static shapes)."""
 
     def __post_init__(self) -> None:
         from bert.budget import parse_duration
@@ -278,7 +286,9 @@ class TrainConfig:
         _positive("train", self, "eval_batches", "keep_last", "max_nonfinite_steps")
         _require(self.eval_every >= 0, "train.eval_every", ">= 0 (0: only at the end)", self.eval_every)
         _require(self.save_every >= 0, "train.save_every", ">= 0 (0: only at the end)", self.save_every)
-        _require(self.num_workers >= 0, "train.num_workers", ">= 0", self.num_workers)
+        _require(
+            self.num_workers is None or self.num_workers >= 0, "train.num_workers", ">= 0", self.num_workers
+        )
 
 
 @dataclass
@@ -386,8 +396,8 @@ class FinetuneTrainConfig:
     """Sequences per optimizer step (summed over processes)."""
     max_length: int = 128
     """Maximum tokens of a pair; longer pairs are truncated longest-first."""
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
-    """Autocast precision handed to Accelerate."""
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
+    """Autocast precision: auto takes the launcher's, else bf16 on a GPU that has it, else no (as pretraining)."""
     seeds: list[int] = field(default_factory=lambda: [42])
     """Seeds to run; several give each result plus the mean and standard deviation."""
     group_by_length: bool = True
@@ -428,7 +438,9 @@ class FinetuneTrainConfig:
         _require(len(self.seeds) > 0, "train.seeds", "a non-empty list", self.seeds)
         _positive("train", self, "batch_size", "eval_batch_size", "mega_batch", "pad_to_multiple_of")
         _positive("train", self, "num_threads", "log_every", "release_memory_every")
-        _require(self.num_workers >= 0, "train.num_workers", ">= 0", self.num_workers)
+        _require(
+            self.num_workers is None or self.num_workers >= 0, "train.num_workers", ">= 0", self.num_workers
+        )
 
 
 @dataclass

@@ -5,7 +5,9 @@ signal, sums over processes, and printing on the main process only.
   are refused with one line, since checkpoints are written by this project (bert/checkpoint.py) for
   replicated models. A launch that asked for more processes than started (`accelerate launch --cpu
   --num_processes 2` runs one) is one warning.
-- `prepare_model`: the fast paths of bert.model.fast for the device and config, or torch.compile.
+- `resolve_precision`: what `mixed_precision=auto` means here (the launcher's value, else bf16 on a GPU
+  that has it, else fp32), said in one line by the loops.
+- `prepare_model`: the fast paths of bert.model.fast for the device and config; `use_static_shapes`.
 - `StopSignal`: SIGTERM/SIGINT set a flag that the loops all-reduce, so every process stops at the same step.
 - `release_freed_memory`: hand the C heap's freed pages back to the OS (glibc's `malloc_trim`);
   `peak_rss_gb`: this process's peak resident memory, as the dashboards show it.
@@ -30,6 +32,30 @@ def print0(accelerator: Any, message: str) -> None:
         print(message, flush=True)
 
 
+def resolve_precision(configured: str, cuda: bool | None = None) -> tuple[str, str]:
+    """(precision, why) for `train.mixed_precision`: an explicit value wins; 'auto' takes the launcher's
+    (`accelerate launch` exports its config's as ACCELERATE_MIXED_PRECISION), else bf16 on a GPU that
+    supports it, else 'no' (fp32)."""
+    if configured != "auto":
+        return configured, "train.mixed_precision"
+    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "").strip().lower()
+    if launcher in ("no", "fp16", "bf16"):
+        return launcher, "the launcher's setting"
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    if cuda and torch.cuda.is_bf16_supported():
+        return "bf16", "auto: this GPU has bf16"
+    return "no", "auto: fp32 on the CPU" if not cuda else "auto: this GPU has no bf16"
+
+
+def precision_line(precision: str, why: str, device: torch.device) -> str:
+    """The one line a run prints about its arithmetic."""
+    names = {"no": "fp32", "bf16": "bf16 autocast (fp32 weights)", "fp16": "fp16 autocast with loss scaling"}
+    text = f"precision: {names.get(precision, precision)} ({why})"
+    if device.type == "cuda" and precision == "no":
+        text += "; TF32 matmuls"
+    return text
+
+
 def make_accelerator(
     mixed_precision: str,
     project_dir: str | Path,
@@ -37,12 +63,19 @@ def make_accelerator(
     gradient_accumulation_steps: int = 1,
     split_batches: bool = False,
 ) -> Any:
-    """An Accelerator for this project's loops (module docstring)."""
+    """An Accelerator for this project's loops (module docstring); `mixed_precision` may be 'auto'
+    (`resolve_precision`), and the resolved value is `accelerator.mixed_precision`."""
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, DistributedType
 
+    precision, why = resolve_precision(mixed_precision)
+    if torch.cuda.is_available():
+        # fp32 matmuls (fp32 runs, and the fp32 islands of autocast) on the tensor cores: TF32 keeps fp32's
+        # range with a 10-bit mantissa, what NVIDIA's and MosaicBERT's BERT recipes train with.
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     accelerator = Accelerator(
-        mixed_precision=mixed_precision,
+        mixed_precision=precision,
         gradient_accumulation_steps=gradient_accumulation_steps,
         log_with=log_with or None,
         project_dir=str(project_dir),
@@ -58,6 +91,7 @@ def make_accelerator(
     warning = launch_mismatch(accelerator.num_processes)
     if warning and accelerator.is_main_process:
         print(f"warning: {warning}", file=sys.stderr, flush=True)
+    accelerator.precision_line = precision_line(precision, why, accelerator.device)
     return accelerator
 
 
@@ -90,15 +124,29 @@ def launch_mismatch(num_processes: int, parent_cmdline: list[str] | None = None)
     return None
 
 
-def prepare_model(model: torch.nn.Module, device: torch.device, train_cfg: Any) -> tuple[Any, Any]:
-    """Swap in the fast paths that `bert.model.fast.select` picks, or compile; returns (model, paths)."""
+def prepare_model(
+    model: torch.nn.Module, device: torch.device, train_cfg: Any, compile_in_place: bool = True
+) -> tuple[Any, Any]:
+    """Swap in the fast paths that `bert.model.fast.select` picks, or compile; returns (model, paths).
+
+    `compile_in_place=False`: the caller compiles a larger region itself (pretraining compiles its forward
+    and loss together, bert.pretrain.step.forward_functions)."""
     from bert.model import fast
 
     paths = fast.select(device, train_cfg.fast_paths, compile=train_cfg.compile)
     fast.enable(model, paths)
-    if train_cfg.compile:
+    if train_cfg.compile and compile_in_place:
         model.compile(backend=train_cfg.compile_backend)  # in place: state dict keys unchanged
     return model, paths
+
+
+def use_static_shapes(device: torch.device, train_cfg: Any) -> bool:
+    """`train.static_shapes`: auto pads to fixed shapes on CUDA and under compile (one graph, CUDA graphs
+    possible); on the CPU without compile the padding would only cost."""
+    mode = getattr(train_cfg, "static_shapes", "auto")
+    if mode != "auto":
+        return mode == "on"
+    return device.type == "cuda" or bool(train_cfg.compile)
 
 
 _LIBC = None  # the C library, loaded on first use; False where it has no malloc_trim

@@ -124,9 +124,14 @@ def test_collator_batch_contract():
     width = -(-longest // 8) * 8
     assert batch.input_ids.shape == batch.token_type_ids.shape == batch.attention_mask.shape == (5, width)
     tensors = [
-        getattr(batch, f.name) for f in dataclasses.fields(batch) if getattr(batch, f.name) is not None
+        getattr(batch, f.name)
+        for f in dataclasses.fields(batch)
+        if isinstance(getattr(batch, f.name), torch.Tensor)
     ]
     assert len(tensors) == 6 and all(v.dtype == torch.long for v in tensors)
+    # the counts the training step normalises by, taken on the host, agree with the tensors
+    labelled = int((batch.masked_lm_labels != -100).sum())
+    assert batch.host_counts == (labelled, 5, int(batch.attention_mask.sum()))
     assert batch.attention_mask.sum(1).tolist() == [len(e["input_ids"]) for e in examples]
     assert (batch.input_ids[batch.attention_mask == 0] == 0).all()
     assert batch.masked_lm_positions.shape == batch.masked_lm_labels.shape

@@ -2,10 +2,16 @@
 
 It returns a `bert.batch.PretrainingBatch` (the fields, shapes and meanings are documented there):
     input_ids, token_type_ids, attention_mask   # (B, T), T = longest row rounded up to pad_to_multiple_of
+                                               #   (static shapes: T = max_seq_length)
     masked_lm_positions                        # (B, P), P = most masked tokens in a row; unused slots 0
+                                               #   (static shapes: P = max_predictions_per_seq)
     masked_lm_labels                           # (B, P), original ids; unused slots IGNORE_INDEX (-100)
     next_sentence_label                        # (B,), 0 = is next, 1 = random; None in MLM-only data
     example_ids                                # (B, 2) (epoch, id) when the examples carry their epoch
+
+With `static_shapes` every batch has the same T and P, so a compiled model (and CUDA graphs) is built once
+instead of once per new shape; the counts the training step normalises by (`host_counts`) are taken here,
+on the host, so the step never reads them back from a device.
 
 attention_mask is 1 on real tokens and 0 on padding (Hugging Face polarity). Masking is dynamic by default:
 each example's mask is a pure function of (seed, epoch, example id) (see `masking.py`), so a resumed run draws
@@ -41,7 +47,11 @@ class PretrainingCollator:
         pad_to_multiple_of: int | None = 8,
         seed: int = 0,
         static_masking: bool = False,
+        static_shapes: bool = False,
+        max_seq_length: int | None = None,
     ) -> None:
+        if static_shapes and not max_seq_length:
+            raise ValueError("static_shapes needs max_seq_length")
         self.spec = spec
         self.pad_id = pad_id
         self.masked_lm_prob = masked_lm_prob
@@ -49,6 +59,8 @@ class PretrainingCollator:
         self.pad_to_multiple_of = pad_to_multiple_of
         self.seed = seed
         self.static_masking = static_masking
+        self.static_shapes = static_shapes
+        self.max_seq_length = max_seq_length
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -64,7 +76,9 @@ class PretrainingCollator:
     def __call__(self, examples: Sequence[dict[str, Any]]) -> PretrainingBatch:
         lengths = np.fromiter((len(e["input_ids"]) for e in examples), dtype=np.int64, count=len(examples))
         width = int(lengths.max())
-        if self.pad_to_multiple_of:
+        if self.static_shapes:
+            width = max(width, int(self.max_seq_length))
+        elif self.pad_to_multiple_of:
             width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
         input_ids = self._pad([e["input_ids"] for e in examples], width, self.pad_id)  # (B, T)
         token_type_ids = self._pad([e["token_type_ids"] for e in examples], width, 0)  # (B, T)
@@ -73,6 +87,8 @@ class PretrainingCollator:
         if self.static_masking:
             counts = [len(e["masked_lm_positions"]) for e in examples]
             width_p = max(max(counts), 1)
+            if self.static_shapes:
+                width_p = max(width_p, self.max_predictions_per_seq)
             positions = self._pad([e["masked_lm_positions"] for e in examples], width_p, 0)  # (B, P)
             labels = self._pad([e["masked_lm_labels"] for e in examples], width_p, IGNORE_INDEX)  # (B, P)
         else:
@@ -93,10 +109,16 @@ class PretrainingCollator:
                 masked.masked_lm_positions,
                 masked.masked_lm_labels,
             )
+            if self.static_shapes and positions.shape[1] < self.max_predictions_per_seq:
+                extra = self.max_predictions_per_seq - positions.shape[1]
+                positions = np.pad(positions, ((0, 0), (0, extra)))  # unused slots: position 0
+                labels = np.pad(labels, ((0, 0), (0, extra)), constant_values=IGNORE_INDEX)
 
-        nsp = None
+        nsp, nsp_labelled = None, 0
         if "next_sentence_label" in examples[0]:
-            nsp = torch.tensor([e["next_sentence_label"] for e in examples], dtype=torch.long)  # (B,)
+            nsp_labels = np.fromiter((e["next_sentence_label"] for e in examples), dtype=np.int64)
+            nsp_labelled = int((nsp_labels != IGNORE_INDEX).sum())
+            nsp = torch.from_numpy(nsp_labels)  # (B,)
         example_ids = None
         if "epoch" in examples[0]:
             example_ids = torch.tensor([[e["epoch"], e["id"]] for e in examples])  # (B, 2)
@@ -108,11 +130,15 @@ class PretrainingCollator:
             masked_lm_labels=torch.from_numpy(labels),
             next_sentence_label=nsp,
             example_ids=example_ids,
+            host_counts=(int((labels != IGNORE_INDEX).sum()), nsp_labelled, int(lengths.sum())),
         )
 
 
-def build_collator(prepared_folder: str | Path, data_cfg: Any, seed: int) -> PretrainingCollator:
-    """A collator for a prepared folder: vocabulary from its tokenizer, masking settings from `data_cfg`."""
+def build_collator(
+    prepared_folder: str | Path, data_cfg: Any, seed: int, static_shapes: bool = False
+) -> PretrainingCollator:
+    """A collator for a prepared folder: vocabulary from its tokenizer, masking settings from `data_cfg`;
+    `static_shapes`: every batch (B, max_seq_length) with max_predictions_per_seq slots."""
     from bert.tokenizer import load_tokenizer, special_ids
 
     folder = Path(prepared_folder)
@@ -128,4 +154,6 @@ def build_collator(prepared_folder: str | Path, data_cfg: Any, seed: int) -> Pre
         pad_to_multiple_of=data_cfg.pad_to_multiple_of,
         seed=seed,
         static_masking=bool(meta.get("static_masking", False)),
+        static_shapes=static_shapes,
+        max_seq_length=data_cfg.max_seq_length,
     )

@@ -57,10 +57,12 @@ def _fields(batch: Any) -> dict[str, Any]:
     """The tensors of a PretrainingBatch by field name (None fields left out)."""
     import dataclasses
 
+    import torch
+
     return {
         f.name: getattr(batch, f.name)
         for f in dataclasses.fields(batch)
-        if getattr(batch, f.name) is not None
+        if isinstance(getattr(batch, f.name), torch.Tensor)
     }
 
 

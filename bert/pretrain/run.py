@@ -21,7 +21,7 @@ from bert.config import PretrainConfig, flatten, save_config, to_dict
 from bert.errors import UserError
 from bert.export import write_export
 from bert.optim import Schedule, apply_hyperparameters, build_optimizer
-from bert.pretrain.step import Pace, RunState, TrainingParts, skips_on_device
+from bert.pretrain.step import Pace, RunState, TrainingParts, forward_functions, skips_on_device
 from bert.progress import Progress
 from bert.sampler import EpochDataset, ShardedBatchSampler
 from bert.tracking import MetricsFile, hparams, new_run_id, tracker_setup
@@ -32,6 +32,7 @@ from bert.training import (
     make_accelerator,
     prepare_model,
     print0,
+    use_static_shapes,
 )
 
 # ------------------------------------------------------------------------------------------ run state
@@ -75,6 +76,7 @@ class Run:
             )
             accelerator = run.accelerator
             run.main = accelerator.is_main_process
+            run.print(accelerator.precision_line)
             if run.main:
                 run.lock = fs.RunLock(run.run_dir).acquire()
             run.checkpointer = ckpt.Checkpointer(
@@ -104,7 +106,8 @@ class Run:
         if isinstance(vocab_size, int) and vocab_size != cfg.model.vocab_size:
             self.print(f"model.vocab_size {cfg.model.vocab_size} -> {vocab_size} (the tokenizer's)")
             cfg.model.vocab_size = vocab_size
-        self.collator = build_collator(prepared, cfg.data, cfg.train.seed)
+        self.static_shapes = use_static_shapes(accelerator.device, cfg.train)
+        self.collator = build_collator(prepared, cfg.data, cfg.train.seed, self.static_shapes)
         self.train_set, eval_set = splits["train"], splits["validation"]
         if len(eval_set) == 0:
             raise UserError(f"{prepared}: the validation split is empty (raise data.validation_fraction)")
@@ -121,7 +124,7 @@ class Run:
         model = BertForPreTraining(cfg.model)
         if cfg.train.init_from:
             _load_init(model, cfg.train.init_from)
-        model, paths = prepare_model(model, accelerator.device, cfg.train)
+        model, paths = prepare_model(model, accelerator.device, cfg.train, compile_in_place=False)
         self.cross_entropy = paths.cross_entropy()
         optimizer = build_optimizer(model, cfg.optimizer)
         self.schedule = Schedule(cfg.optimizer, cfg.train.max_steps)
@@ -139,6 +142,7 @@ class Run:
             self.cross_entropy,
             self.stop,
             budget,
+            *forward_functions(self.model, self.cross_entropy, cfg.train),
             skip_on_device=skips_on_device(accelerator, self.optimizer),
         )
 
@@ -250,12 +254,17 @@ class Run:
             self.state.epoch,
             self.state.index,
         )
+        cuda = accelerator.device.type == "cuda"
+        workers = cfg.train.num_workers if cfg.train.num_workers is not None else (2 if cuda else 0)
         loader = DataLoader(
             EpochDataset(self.train_set),
             batch_sampler=self.sampler,
             collate_fn=self.collator,
-            num_workers=cfg.train.num_workers,
-            pin_memory=accelerator.device.type == "cuda",
+            num_workers=workers,
+            # a step takes k micro-batches at once: keep at least one step's worth ready per worker
+            prefetch_factor=max(2, cfg.train.gradient_accumulation_steps) if workers else None,
+            persistent_workers=workers > 0,
+            pin_memory=cuda,  # the batches' pin_memory(): their copies to the GPU run asynchronously
             # its own generator: creating the iterator must not draw from the global RNG that dropout
             # uses, or a resumed run's dropout would be shifted by one draw
             generator=torch.Generator().manual_seed(cfg.train.seed + accelerator.process_index),

@@ -19,6 +19,7 @@ optimizer the step reads the flag on the host, as before (`TrainingParts.skip_on
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -82,9 +83,51 @@ class TrainingParts:
     cross_entropy: Any  # the MLM loss's summed cross-entropy (None: the reference, F.cross_entropy)
     stop: StopSignal
     budget: Budget
+    forward_loss: Callable[..., Any] | None = None
+    """(device batch, mlm normaliser, nsp normaliser) -> PretrainingLosses: `forward_functions`'."""
+    forward_stats: Callable[..., Any] | None = None
+    """(device batch) -> the evaluation's per-sequence sums (bert.metrics.example_stats)."""
     pace: Pace = field(default_factory=lambda: Pace(exact=True))
     skip_on_device: bool = False
     """The optimizer skips a non-finite step itself (`found_inf`); False: the flag is read on the host."""
+
+    def __post_init__(self) -> None:
+        if self.forward_loss is None or self.forward_stats is None:
+            self.forward_loss, self.forward_stats = forward_functions(self.model, self.cross_entropy, None)
+
+
+def forward_functions(model: Any, cross_entropy: Any, train_cfg: Any) -> tuple[Callable, Callable]:
+    """(forward_loss, forward_stats): the model with the loss, and the model with the evaluation's sums.
+
+    With `train.compile` each is ONE torch.compile region, model and loss together (the loss's fp32
+    log-softmax fuses with the head); with static shapes (bert.training.use_static_shapes) each compiles once.
+    The normalisers are device tensors, never Python numbers that a compiled function would specialise on.
+    """
+
+    def forward_loss(batch: PretrainingBatch, mlm_normalizer: Any, nsp_normalizer: Any) -> Any:
+        outputs = model(**batch.model_inputs())
+        return pretraining_loss(outputs, batch, mlm_normalizer, nsp_normalizer, cross_entropy)
+
+    def forward_stats(batch: PretrainingBatch) -> dict[str, torch.Tensor]:
+        outputs = model(**batch.model_inputs())
+        return example_stats(
+            outputs.prediction_logits,
+            batch.masked_lm_labels,
+            outputs.seq_relationship_logits,
+            batch.next_sentence_label,
+        )
+
+    if train_cfg is not None and train_cfg.compile:
+        options = {"backend": train_cfg.compile_backend}
+        if train_cfg.compile_mode:
+            options["mode"] = train_cfg.compile_mode
+        return torch.compile(forward_loss, **options), torch.compile(forward_stats, **options)
+    return forward_loss, forward_stats
+
+
+def device_batch(batch: PretrainingBatch, device: torch.device) -> PretrainingBatch:
+    """The batch on the device with its host-only fields dropped (a compiled step would guard on them)."""
+    return dataclasses.replace(batch.to(device, non_blocking=True), example_ids=None, host_counts=None)
 
 
 def skips_on_device(accelerator: Any, optimizer: Any) -> bool:
@@ -145,10 +188,8 @@ def train_step(
     factor = gradient_factor(accelerator.num_processes, len(batches))
     shares = torch.zeros(len(STEP_SUMS), dtype=torch.float64, device=device)
     for i, batch in enumerate(batches):
-        batch = batch.to(device, non_blocking=True)
         with accelerator.accumulate(model):
-            outputs = model(**batch.model_inputs())
-            losses = pretraining_loss(outputs, batch, mlm_normalizer, nsp_normalizer, parts.cross_entropy)
+            losses = parts.forward_loss(device_batch(batch, device), mlm_normalizer, nsp_normalizer)
             accelerator.backward(losses.loss * factor)
             shares += torch.stack([getattr(losses, name).detach().double() for name in STEP_SUMS])
             hooks.after_backward(step + 1, i)
@@ -344,13 +385,7 @@ def evaluate(parts: TrainingParts, loader: Any, step: int, hooks: TrainHooks) ->
     totals = MetricTotals()
     complete = True
     for i, batch in enumerate(loader):
-        outputs = model(**batch.model_inputs())
-        stats = example_stats(
-            outputs.prediction_logits,
-            batch.masked_lm_labels,
-            outputs.seq_relationship_logits,
-            batch.next_sentence_label,
-        )
+        stats = parts.forward_stats(device_batch(batch, accelerator.device))
         totals.add(accelerator.gather_for_metrics(stats))
         hooks.during_eval(step, i)
         if not several and parts.stop.requested:
