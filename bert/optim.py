@@ -108,19 +108,21 @@ class Lamb(torch.optim.Optimizer):
             # keep * (new - old) is exactly 0 and nothing moves.
             keep = 1.0 - (self.found_inf.reshape(()) > 0).float()
             grads = [torch.where(torch.isfinite(g), g, 0.0) for g in grads]
-            torch._foreach_mul_(grads, keep)
-            torch._foreach_add_(steps, keep)
+            # lists of the 0-d device tensor, as torch's fused Adam does with found_inf: the tensor-scalar
+            # overloads read the scalar back to the host outside CUDA
+            torch._foreach_mul_(grads, [keep] * len(grads))
+            torch._foreach_add_(steps, [keep] * len(steps))
         else:
             keep = None
             torch._foreach_add_(steps, 1.0)
         # m += (1 - b1)(g - m) and v += (1 - b2)(g^2 - v) are b1 m + (1 - b1) g and b2 v + (1 - b2) g^2;
         # on a skipped step the factors are 0 (keep) and the moments stay bit-identical.
         delta = torch._foreach_sub(grads, exp_avgs)
-        torch._foreach_mul_(delta, (1 - beta1) if keep is None else keep * (1 - beta1))
+        torch._foreach_mul_(delta, (1 - beta1) if keep is None else [keep * (1 - beta1)] * len(delta))
         torch._foreach_add_(exp_avgs, delta)
         delta = torch._foreach_mul(grads, grads)
         torch._foreach_sub_(delta, exp_avg_sqs)
-        torch._foreach_mul_(delta, (1 - beta2) if keep is None else keep * (1 - beta2))
+        torch._foreach_mul_(delta, (1 - beta2) if keep is None else [keep * (1 - beta2)] * len(delta))
         torch._foreach_add_(exp_avg_sqs, delta)
         # bias corrections per tensor (a step count of 0, a skipped first step, divides by 1, not 0)
         counts = torch.stack(steps).clamp(min=1.0)
@@ -142,7 +144,7 @@ class Lamb(torch.optim.Optimizer):
         else:
             torch._foreach_mul_(update, -group["lr"])
         if keep is not None:
-            torch._foreach_mul_(update, keep)
+            torch._foreach_mul_(update, [keep] * len(update))
         if params[0].dtype == torch.float32 and all(p.dtype == torch.float32 for p in params):
             torch._foreach_add_(params, update)
         else:

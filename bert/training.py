@@ -8,6 +8,8 @@ signal, sums over processes, and printing on the main process only.
 - `resolve_precision`: what `mixed_precision=auto` means here (the launcher's value, else bf16 on a GPU
   that has it, else fp32), said in one line by the loops.
 - `prepare_model`: the fast paths of bert.model.fast for the device and config; `use_static_shapes`.
+- `main_process_first`: the main process does a long job (preparing the data) while the others wait on the
+  launcher's key-value store, not in a collective that the process group's timeout would kill.
 - `StopSignal`: SIGTERM/SIGINT set a flag that the loops all-reduce, so every process stops at the same step.
 - `release_freed_memory`: hand the C heap's freed pages back to the OS (glibc's `malloc_trim`);
   `peak_rss_gb`: this process's peak resident memory, as the dashboards show it.
@@ -15,9 +17,12 @@ signal, sums over processes, and printing on the main process only.
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import os
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -198,6 +203,42 @@ def all_reduce_sum(accelerator: Any, values: list[float]) -> list[float]:
     if accelerator.num_processes > 1:
         tensor = accelerator.reduce(tensor, reduction="sum")
     return tensor.tolist()
+
+
+_WAIT_FOREVER = datetime.timedelta(days=30)
+_FIRST_CALLS = 0
+
+
+@contextlib.contextmanager
+def main_process_first(accelerator: Any, key: str) -> Iterator[None]:
+    """Run the block on the main process first, then on the others (which may then reuse its result).
+
+    Why not Accelerate's `main_process_first`: its waiting processes sit in a barrier, a collective, and
+    NCCL's default timeout (10 minutes) kills the job while the main process prepares a real corpus. Here
+    they block on the launcher's TCP key-value store (torch.distributed's default store) until the main
+    process sets `key`, with no collective pending. If the main process fails, the others stop with one
+    line instead of waiting for a signal that never comes."""
+    import torch.distributed as dist
+
+    if accelerator.num_processes == 1 or not dist.is_initialized():
+        yield
+        return
+    global _FIRST_CALLS
+    _FIRST_CALLS += 1  # every process makes the same calls in the same order: a fresh key for each
+    key = f"{key}#{_FIRST_CALLS}"
+    store = dist.distributed_c10d._get_default_store()
+    if accelerator.is_main_process:
+        try:
+            yield
+        except BaseException:
+            store.set(key, "failed")
+            raise
+        store.set(key, "done")
+        return
+    store.wait([key], _WAIT_FOREVER)
+    if store.get(key) != b"done":
+        raise UserError(f"the main process failed at '{key}' (its own error is above); stopping")
+    yield
 
 
 def broadcast_token(accelerator: Any, token: str) -> str:

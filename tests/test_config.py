@@ -145,7 +145,8 @@ def test_wrong_type_bool_and_literal():
     with pytest.raises(ConfigError, match=r"data.nsp: expected bool, got int 3"):
         load_config(PretrainConfig, None, ["data.nsp=3"])
     with pytest.raises(
-        ConfigError, match=r"train.mixed_precision: expected one of 'auto' \| 'no' \| 'fp16' \| 'bf16', got 'fp8'"
+        ConfigError,
+        match=r"train.mixed_precision: expected one of 'auto' \| 'no' \| 'fp16' \| 'bf16', got 'fp8'",
     ):
         load_config(PretrainConfig, None, ["train.mixed_precision=fp8"])
 

@@ -37,7 +37,7 @@ from bert.optim import Schedule, build_optimizer
 from bert.progress import Progress
 from bert.tasks import Task, load_task
 from bert.tokenizer import load_tokenizer, pair_tokenizer, tokenizer_folder
-from bert.training import make_accelerator, prepare_model, release_freed_memory
+from bert.training import main_process_first, make_accelerator, prepare_model, release_freed_memory
 
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 """Files copied beside a saved model so that the folder loads on its own (here and in `transformers`)."""
@@ -49,11 +49,11 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     check_model(cfg)
     accelerator, trackers, init_kwargs = _accelerator(cfg, with_trackers=True)
     out = Path(cfg.train.output_dir)
-    with accelerator.main_process_first():
+    with main_process_first(accelerator, "bert/model_path"):
         model_path = resolve_model_path(cfg.model_path, out, accelerator.is_main_process)
     cfg = dataclasses.replace(cfg, model_path=str(model_path))
     tokenizer = pair_tokenizer(load_tokenizer(tokenizer_folder(cfg.model_path)), cfg.train.max_length)
-    with accelerator.main_process_first():  # the main process fills the tokenisation cache first
+    with main_process_first(accelerator, "bert/tokenize"):  # the main process fills the token cache first
         data = FinetuneData.load(
             task,
             tokenizer,

@@ -29,6 +29,7 @@ from bert.training import (
     StopSignal,
     all_reduce_sum,
     broadcast_token,
+    main_process_first,
     make_accelerator,
     prepare_model,
     print0,
@@ -98,7 +99,7 @@ class Run:
         from bert.data.prepare import load_prepared, run_prepare
 
         cfg, accelerator = self.cfg, self.accelerator
-        with accelerator.main_process_first():
+        with main_process_first(accelerator, "bert/prepare"):
             prepared = run_prepare(cfg, progress=self.main)
         splits, data_meta = load_prepared(prepared)
         self.tokenizer_dir = Path(prepared) / "tokenizer"
