@@ -39,12 +39,17 @@ class PretrainingBatch:
     host_counts: tuple[int, int, int] | None = None
     """(labelled MLM slots, NSP labels, real tokens), counted by the collator with NumPy: the training step
     takes its normalisers from here and reads nothing back from a tensor (None: counted from the tensors)."""
+    seq_lengths: tuple[int, ...] | None = None
+    """(B,) real tokens of each row, on the host: the unpadded path builds its layout without a read."""
 
     MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask", "masked_lm_positions")
 
-    def model_inputs(self) -> dict[str, torch.Tensor]:
-        """The keyword arguments of `BertForPreTraining.forward`."""
-        return {name: getattr(self, name) for name in self.MODEL_INPUTS}
+    def model_inputs(self) -> dict[str, Any]:
+        """The keyword arguments of `BertForPreTraining.forward` (with `seq_lengths` when known)."""
+        inputs: dict[str, Any] = {name: getattr(self, name) for name in self.MODEL_INPUTS}
+        if self.seq_lengths is not None:
+            inputs["seq_lengths"] = self.seq_lengths
+        return inputs
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> PretrainingBatch:
         return _to(self, device, non_blocking)

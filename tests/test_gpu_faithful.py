@@ -297,3 +297,44 @@ def test_waiting_for_the_main_process_outlives_the_process_group_timeout():
 @pytest.mark.e2e
 def test_negative_control_a_barrier_times_out_while_the_main_process_prepares():
     assert _run_two(use_barrier=True)[1] != "ok"
+
+
+# ------------------------------------------------------------------------------------- the unpadded path
+
+
+def test_the_unpadded_layout_from_host_lengths_equals_the_one_read_from_the_mask():
+    from bert.model.masks import unpadded_layout
+
+    mask = torch.zeros(4, 8, dtype=torch.long)
+    lengths = [8, 3, 0, 5]  # a fully padded row attends everywhere (rule 3): it counts as 8 tokens
+    for row, n in enumerate(lengths):
+        mask[row, :n] = 1
+    read = unpadded_layout(mask, 4, 8, torch.device("cpu"))
+    host = unpadded_layout(mask, 4, 8, torch.device("cpu"), lengths=lengths)
+    for name in ("indices", "cu_seqlens", "flat_to_row", "key_mask"):
+        assert torch.equal(getattr(read, name), getattr(host, name)), name
+    assert read.max_seqlen == host.max_seqlen == 8
+
+
+def test_the_unpadded_cuda_path_runs_torch_flash_on_the_meta_device(tmp_path, monkeypatch):
+    """bf16 on 'CUDA' (meta stands in): the unpadded path takes torch's own varlen flash kernel, with the
+    collator's host lengths, and the whole step (dropout, backward, optimizer) reads nothing back."""
+    from bert.model.attention import varlen_backend
+
+    parts = _meta_parts(tmp_path, monkeypatch, "adamw", 1)
+    parts.model.config.attn_implementation = "unpadded"
+    for module in parts.model.modules():
+        if hasattr(module, "implementation"):
+            module.implementation = "unpadded"
+    parts.model.to(torch.bfloat16)
+    calls = []
+    flash = torch.ops.aten._flash_attention_forward
+    monkeypatch.setattr(
+        torch.ops.aten, "_flash_attention_forward", lambda *a, **k: calls.append(a[7]) or flash(*a, **k)
+    )
+    assert varlen_backend(torch.empty(3, 2, 16, device="meta", dtype=torch.bfloat16)) == "torch_flash"
+    assert varlen_backend(torch.empty(3, 2, 16)) == "padded_sdpa"  # CPU fp32: the re-padding fallback
+    batch = _collator()(_examples([32, 17, 9, 25]))
+    train_step(parts, 0, [batch], TrainHooks(), lambda: 0.0)
+    layers = parts.model.config.num_hidden_layers
+    assert calls == [parts.model.config.attention_probs_dropout_prob] * layers  # dropout in the kernel

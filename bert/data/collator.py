@@ -131,6 +131,7 @@ class PretrainingCollator:
             next_sentence_label=nsp,
             example_ids=example_ids,
             host_counts=(int((labels != IGNORE_INDEX).sum()), nsp_labelled, int(lengths.sum())),
+            seq_lengths=tuple(lengths.tolist()),
         )
 
 

@@ -8,13 +8,14 @@ live), to the entry point. It dispatches on the layout:
   softmax, the masked scores filled with the minimum of their own dtype.
 - `PaddedLayout`, path 'sdpa': `torch.nn.functional.scaled_dot_product_attention` with the boolean
   key-padding mask (True = attend), passed as such, never turned into an additive float mask by us.
-- `UnpaddedLayout`: `varlen_attention` on the real tokens only: flash-attn's `flash_attn_varlen_func` with
-  `cu_seqlens` on CUDA in fp16/bf16 when flash-attn is installed; elsewhere the reference fallback, which
-  re-pads the tokens to (B, T) and runs SDPA with the key-padding mask (bert/model/fast has a faster CPU
-  kernel).
+- `UnpaddedLayout`: `varlen_attention` on the real tokens only, with the kernel `varlen_backend` names:
+  torch's own FlashAttention-2 with `cu_seqlens` (`aten._flash_attention_forward`, attention dropout
+  included, no extra wheel) on CUDA in fp16/bf16; flash-attn's `flash_attn_varlen_func` where torch's is
+  unavailable and the wheel is installed; elsewhere the reference fallback, which re-pads the tokens to
+  (B, T) and runs SDPA with the key-padding mask (bert/model/fast has a faster CPU kernel).
 
 No kernel reads anything back from the device, so the padded paths can be captured whole by torch.compile or
-CUDA graphs; the flash path's one host read (max_seqlen) happens once per batch, in the layout.
+CUDA graphs; the varlen kernels take `max_seqlen` on the host, from the layout (masks.py).
 """
 
 from __future__ import annotations
@@ -55,17 +56,37 @@ def sdpa_attention(
     return F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=dropout_p)
 
 
-def use_flash(x: torch.Tensor) -> bool:
-    """Whether the unpadded path runs flash-attn's varlen kernel on `x` (CUDA, half precision, installed)."""
-    return flash_attn_varlen_func is not None and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)
+def varlen_backend(x: torch.Tensor) -> str:
+    """The kernel the unpadded path runs on `x` (N, A, D): 'torch_flash', 'flash_attn' or 'padded_sdpa'.
+
+    torch's flash kernel needs CUDA with compute capability 8.0 or newer, fp16/bf16 and a head size that is
+    a multiple of 8 up to 256. The meta device stands in for CUDA (the GPU-faithful tests run it there)."""
+    half = x.dtype in (torch.float16, torch.bfloat16)
+    head_ok = x.shape[-1] % 8 == 0 and x.shape[-1] <= 256
+    if x.is_meta and half and head_ok:
+        return "torch_flash"
+    if not (x.is_cuda and half and head_ok):
+        return "padded_sdpa"
+    if _torch_flash_available(x.device):
+        return "torch_flash"
+    return "flash_attn" if flash_attn_varlen_func is not None else "padded_sdpa"
+
+
+def _torch_flash_available(device: torch.device) -> bool:
+    available = getattr(torch.backends.cuda, "is_flash_attention_available", lambda: False)()
+    return available and torch.cuda.get_device_capability(device) >= (8, 0)
 
 
 def varlen_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: UnpaddedLayout, dropout_p: float
 ) -> torch.Tensor:
     """q, k, v (N, A, D) of real tokens only -> context (N, A, D); sequences delimited by layout.cu_seqlens."""
-    if use_flash(q):
-        cu, s = layout.cu_seqlens, layout.max_seqlen
+    backend = varlen_backend(q)
+    cu, s = layout.cu_seqlens, layout.max_seqlen
+    if backend == "torch_flash":
+        # (output, logsumexp, rng state, ...): autograd replays the dropout from the rng state in backward
+        return torch.ops.aten._flash_attention_forward(q, k, v, cu, cu, s, s, dropout_p, False, False)[0]
+    if backend == "flash_attn":
         return flash_attn_varlen_func(q, k, v, cu, cu, s, s, dropout_p=dropout_p)
     # Reference fallback: back to (B, T), attend with the key-padding mask, and keep the real rows.
     qp, kp, vp = (layout.to_padded(x).transpose(1, 2) for x in (q, k, v))  # each (B, A, T, D)

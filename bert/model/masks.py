@@ -23,12 +23,15 @@ The rules, applied here and by the kernels in attention.py:
   the padded batch, as in Hugging Face.
 
 Host synchronisation. Building a padded layout reads nothing back from the device. Building an unpadded one
-reads two numbers, N and the longest sequence (`max_seqlen`, which flash-attn needs), in ONE transfer per
-batch; nothing per layer. The CPU fast path (bert/model/fast) builds its own, length-bucketed, layout.
+needs two numbers on the host, N and the longest sequence (`max_seqlen`, which the varlen kernels take):
+from the collator's host lengths (`lengths`, what training passes) it reads nothing; without them it reads
+them in ONE transfer per batch; nothing per layer. The CPU fast path (bert/model/fast) builds its own,
+length-bucketed, layout.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -115,9 +118,16 @@ def padded_layout(attention_mask: torch.Tensor | None, batch_size: int, seq_len:
 
 
 def unpadded_layout(
-    attention_mask: torch.Tensor | None, batch_size: int, seq_len: int, device: torch.device
+    attention_mask: torch.Tensor | None,
+    batch_size: int,
+    seq_len: int,
+    device: torch.device,
+    lengths: Sequence[int] | None = None,
 ) -> UnpaddedLayout:
-    """The layout of the variable-length kernel: real tokens in batch order, one host read (N, max_seqlen)."""
+    """The layout of the variable-length kernel: real tokens in batch order. With the rows' `lengths` known
+    on the host (the collator's) nothing is read back; without, one host read (N, max_seqlen)."""
+    if lengths is not None:
+        return _unpadded_from_lengths(attention_mask, batch_size, seq_len, device, lengths)
     if attention_mask is None:
         attention_mask = torch.ones(batch_size, seq_len, dtype=torch.long, device=device)
     keep = key_padding_mask(attention_mask)  # (B, T); fully padded rows count as real (rule 3)
@@ -134,6 +144,37 @@ def unpadded_layout(
     return UnpaddedLayout(
         batch_size, seq_len, indices, cu_seqlens, max_seqlen, keep[:, None, None, :], flat_to_row
     )
+
+
+def _unpadded_from_lengths(
+    attention_mask: torch.Tensor | None,
+    batch_size: int,
+    seq_len: int,
+    device: torch.device,
+    lengths: Sequence[int],
+) -> UnpaddedLayout:
+    """`unpadded_layout` built on the host from the rows' lengths (real tokens are a prefix of each row, as
+    the collators lay them out), then copied without waiting: no value comes back from the device."""
+    rows = torch.as_tensor([n if n > 0 else seq_len for n in lengths], dtype=torch.long)  # rule 3
+    keep = torch.arange(seq_len).unsqueeze(0) < rows.unsqueeze(1)  # (B, T) on the host
+    indices = keep.reshape(-1).nonzero().squeeze(1)  # (N,) a host computation
+    flat_to_row = torch.full((batch_size * seq_len,), -1, dtype=torch.long)
+    flat_to_row[indices] = torch.arange(indices.numel())
+    cu_seqlens = torch.cat((rows.new_zeros(1), rows.cumsum(0))).to(torch.int32)  # (B + 1,)
+    moved = [_to_device(x, device) for x in (indices, cu_seqlens, flat_to_row)]
+    if attention_mask is None:
+        key_mask = _to_device(keep, device)
+    else:
+        key_mask = key_padding_mask(attention_mask)
+    return UnpaddedLayout(
+        batch_size, seq_len, moved[0], moved[1], int(rows.max()), key_mask[:, None, None, :], moved[2]
+    )
+
+
+def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    if torch.device(device).type == "cuda":
+        x = x.pin_memory()  # page-locked: the copy runs asynchronously
+    return x.to(device, non_blocking=True)
 
 
 class AttentionMasks(nn.Module):
@@ -153,17 +194,24 @@ class AttentionMasks(nn.Module):
         seq_len: int,
         device: torch.device,
         eager: bool = False,
+        lengths: Sequence[int] | None = None,
     ) -> Layout:
-        """`eager`: a padded layout whatever the path (attention probabilities are asked for)."""
+        """`eager`: a padded layout whatever the path (attention probabilities are asked for); `lengths`:
+        the rows' real tokens, known on the host (the unpadded path then reads nothing back)."""
         if self.implementation == "unpadded" and not eager:
-            return self.unpadded(attention_mask, batch_size, seq_len, device)
+            return self.unpadded(attention_mask, batch_size, seq_len, device, lengths)
         return padded_layout(attention_mask, batch_size, seq_len)
 
     def unpadded(
-        self, attention_mask: torch.Tensor | None, batch_size: int, seq_len: int, device: torch.device
+        self,
+        attention_mask: torch.Tensor | None,
+        batch_size: int,
+        seq_len: int,
+        device: torch.device,
+        lengths: Sequence[int] | None = None,
     ) -> UnpaddedLayout:
         """The layout of the unpadded path (the fast path stores its sequences in length buckets)."""
-        return unpadded_layout(attention_mask, batch_size, seq_len, device)
+        return unpadded_layout(attention_mask, batch_size, seq_len, device, lengths)
 
     def extra_repr(self) -> str:
         return self.implementation

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -128,15 +129,19 @@ class BertModel(BertPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         output_positions: torch.Tensor | None = None,
         output_attentions: bool = False,
+        seq_lengths: Sequence[int] | None = None,
     ) -> Encoded:
         """The last layer's hidden states in the layout of the attention path: (B, T, H) or (N, H).
 
         `output_positions` (B, K): only these positions of the padded batch are wanted; the result is then
         (B, K, H) (zeros at a pad position of an unpadded batch). `output_attentions`: the eager kernel,
-        each layer's (B, A, T, T) probabilities in the returned layout's `attentions`.
+        each layer's (B, A, T, T) probabilities in the returned layout's `attentions`. `seq_lengths`: each
+        row's real tokens, counted on the host (the unpadded path then builds its layout without a read).
         """
         b, t = input_ids.shape
-        layout = self.masks(attention_mask, b, t, input_ids.device, eager=output_attentions)
+        layout = self.masks(
+            attention_mask, b, t, input_ids.device, eager=output_attentions, lengths=seq_lengths
+        )
         if output_attentions:
             layout.attentions = []
         if token_type_ids is None:
@@ -181,8 +186,10 @@ class BertForPreTraining(BertPreTrainedModel):
         token_type_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         masked_lm_positions: torch.Tensor | None = None,
+        seq_lengths: Sequence[int] | None = None,
     ) -> BertForPreTrainingOutput:
         """masked_lm_positions (B, P): the MLM head runs only there -> logits (B, P, V); without, (B, T, V).
+        `seq_lengths` (optional): each row's real tokens, known on the host (BertModel.encode).
 
         Slots at position 0 are padding: [CLS] is never masked (Google's convention, which the collator
         follows: a row with fewer masked tokens than P fills its other slots with 0). Their logits are 0;
@@ -193,7 +200,9 @@ class BertForPreTraining(BertPreTrainedModel):
             cls_hidden, mlm_hidden, used = sequence[:, 0], sequence, None
         else:
             read = F.pad(masked_lm_positions, (1, 0))  # (B, 1 + P): [CLS] is position 0
-            hidden = self.bert.encode(input_ids, token_type_ids, attention_mask, output_positions=read).hidden
+            hidden = self.bert.encode(
+                input_ids, token_type_ids, attention_mask, output_positions=read, seq_lengths=seq_lengths
+            ).hidden
             cls_hidden, mlm_hidden = hidden[:, 0], hidden[:, 1:]  # (B, H), (B, P, H)
             used = masked_lm_positions != 0  # (B, P); position 0 pads the slots
         return BertForPreTrainingOutput(

@@ -125,9 +125,12 @@ def forward_functions(model: Any, cross_entropy: Any, train_cfg: Any) -> tuple[C
     return forward_loss, forward_stats
 
 
-def device_batch(batch: PretrainingBatch, device: torch.device) -> PretrainingBatch:
-    """The batch on the device with its host-only fields dropped (a compiled step would guard on them)."""
-    return dataclasses.replace(batch.to(device, non_blocking=True), example_ids=None, host_counts=None)
+def device_batch(batch: PretrainingBatch, device: torch.device, compiled: bool = False) -> PretrainingBatch:
+    """The batch on the device without the fields the model does not read; `compiled`: without the host
+    lengths too (a compiled function would guard on, and recompile for, every new tuple of lengths)."""
+    moved = batch.to(device, non_blocking=True)
+    lengths = None if compiled else batch.seq_lengths
+    return dataclasses.replace(moved, example_ids=None, host_counts=None, seq_lengths=lengths)
 
 
 def skips_on_device(accelerator: Any, optimizer: Any) -> bool:
@@ -189,7 +192,8 @@ def train_step(
     shares = torch.zeros(len(STEP_SUMS), dtype=torch.float64, device=device)
     for i, batch in enumerate(batches):
         with accelerator.accumulate(model):
-            losses = parts.forward_loss(device_batch(batch, device), mlm_normalizer, nsp_normalizer)
+            inputs = device_batch(batch, device, parts.cfg.train.compile)
+            losses = parts.forward_loss(inputs, mlm_normalizer, nsp_normalizer)
             accelerator.backward(losses.loss * factor)
             shares += torch.stack([getattr(losses, name).detach().double() for name in STEP_SUMS])
             hooks.after_backward(step + 1, i)
@@ -385,7 +389,7 @@ def evaluate(parts: TrainingParts, loader: Any, step: int, hooks: TrainHooks) ->
     totals = MetricTotals()
     complete = True
     for i, batch in enumerate(loader):
-        stats = parts.forward_stats(device_batch(batch, accelerator.device))
+        stats = parts.forward_stats(device_batch(batch, accelerator.device, parts.cfg.train.compile))
         totals.add(accelerator.gather_for_metrics(stats))
         hooks.during_eval(step, i)
         if not several and parts.stop.requested:
