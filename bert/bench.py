@@ -127,7 +127,8 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     from bert.errors import UserError
     from bert.losses import pretraining_loss
     from bert.model import fast
-    from bert.model.flops import mfu, training_flops_per_token
+    from bert.model.attention import varlen_backend
+    from bert.model.flops import executed_flops_per_sequence, mfu, training_flops_per_token
     from bert.model.modeling import BertForPreTraining
 
     torch.set_num_threads(getattr(args, "threads", None) or os.cpu_count() or 1)
@@ -201,13 +202,18 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         side: torch.optim.AdamW(model.parameters(), lr=1e-4, **adamw) for side, (_, model) in steps.items()
     }
 
+    step_peaks: dict[str, float] = {side: 0.0 for side in steps}
+
     def timed(side: str, batch: PretrainingBatch) -> tuple[float, float]:
         """(wall seconds, CPU seconds of this process) of one step: forward, loss, backward, clipping the
-        gradient norm to 1, AdamW."""
+        gradient norm to 1, AdamW. On CUDA also the step's own peak of memory above what was allocated
+        before it (the sides run in turn, so the device's peak alone would be the largest side's)."""
         loss_of, _ = steps[side]
         optimizer = optimizers[side]
         if device.type == "cuda":
             torch.cuda.synchronize(device)
+            before = torch.cuda.memory_allocated(device)
+            torch.cuda.reset_peak_memory_stats(device)
         start, cpu_start = time.perf_counter(), time.process_time()
         loss_of(batch).backward()
         torch.nn.utils.clip_grad_norm_(steps[side][1].parameters(), 1.0)  # as training (and the Trainer) do
@@ -215,6 +221,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         optimizer.zero_grad(set_to_none=True)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
+            step_peaks[side] = max(step_peaks[side], torch.cuda.max_memory_allocated(device) - before)
         return time.perf_counter() - start, time.process_time() - cpu_start
 
     warmup_seconds: dict[str, float] = {side: 0.0 for side in steps}
@@ -252,6 +259,28 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     flops_per_token = training_flops_per_token(config, real_tokens / args.batch_size, masked / real_tokens)
     result["flops_per_token"] = flops_per_token
     step_tokens = [b.num_real_tokens() for b in timed_batches]
+    # What each side executes per step: the padded paths run every padded token (transformers' MLM head at
+    # every token, ours at the P slots); the unpadded ones (ours on the CPU, `unpadded`) run the real tokens.
+    padded_t, slots = batch.input_ids.shape[1], batch.masked_lm_positions.shape[1]
+    unpadded = args.attn == "unpadded" or (fast_paths.bucketed_attention and device.type == "cpu")
+    executed_per_token = {
+        side: (
+            flops_per_token
+            if side == "ours" and unpadded
+            else executed_flops_per_sequence(config, padded_t, padded_t if side == "reference" else slots)
+            * args.batch_size
+            / real_tokens
+        )
+        for side in steps
+    }
+    if args.attn == "unpadded":
+        probe_dtype = autocast_dtype or torch.float32
+        probe = torch.empty(
+            1, 1, config.hidden_size // config.num_attention_heads, device=device, dtype=probe_dtype
+        )
+        result["varlen_kernel"] = (
+            "bucketed (CPU fast path)" if fast_paths.bucketed_attention else varlen_backend(probe)
+        )
     for side, values in times.items():
         wall = statistics.median(w for w, _ in values)
         cpu = statistics.median(c for _, c in values)
@@ -266,10 +295,14 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             "median_cpu_s": cpu,
             "warmup_s": warmup_seconds[side],
             "model_flops_per_s": flops,
-            "mfu": mfu(flops, device, args.dtype),  # None on the CPU or an unknown GPU
+            "mfu": mfu(flops, device, args.dtype),  # useful FLOPs; None on the CPU or an unknown GPU
+            "executed_flops_per_s": tokens_per_s * executed_per_token[side],
+            "mfu_executed": mfu(tokens_per_s * executed_per_token[side], device, args.dtype),
         }
         if device.type == "cuda":
-            result[side]["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+            model, optimizer = steps[side][1], optimizers[side]
+            resident = sum(t.numel() * t.element_size() for t in _tensors(model, optimizer))
+            result[side]["peak_memory_gb"] = (resident + step_peaks[side]) / 2**30
     if "reference" in result:
         for side in steps:
             if side != "reference":
@@ -286,6 +319,16 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             json.dump(result, f, indent=2)
         print(f"wrote {args.json}")
     return result
+
+
+def _tensors(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """The tensors a side keeps between steps: weights and optimizer state (each once)."""
+    seen, out = set(), []
+    for t in [*model.parameters(), *(v for s in optimizer.state.values() for v in s.values())]:
+        if isinstance(t, torch.Tensor) and t.is_cuda and id(t) not in seen:
+            seen.add(id(t))
+            out.append(t)
+    return out
 
 
 def _sides(args: argparse.Namespace) -> list[str]:
@@ -319,17 +362,21 @@ def _print_table(result: dict[str, Any]) -> None:
     )
     if "ours" in result["sides"]:
         print(f"fast paths of 'ours': {', '.join(result['fast_paths']) or 'none'}")
+    if "varlen_kernel" in result:
+        print(f"unpadded attention kernel: {result['varlen_kernel']}")
     print(
         f"{'side':<12} {'step (median)':>14} {'real tokens/s':>14} {'CPU time/step':>14} "
-        f"{'model TFLOP/s':>14} {'MFU':>6} {'vs reference':>13}"
+        f"{'model TFLOP/s':>14} {'MFU':>6} {'exec. MFU':>9} {'vs reference':>13}"
     )
     for name in result["sides"]:
         r = result[name]
         mfu = "-" if r["mfu"] is None else f"{r['mfu']:.1%}"
+        executed = "-" if r["mfu_executed"] is None else f"{r['mfu_executed']:.1%}"
         ratio = f"{r['speedup']:.2f}x" if "speedup" in r else "-"
         print(
             f"{name:<12} {r['median_step_s'] * 1000:>11.1f} ms {r['tokens_per_s']:>14.0f} "
-            f"{r['median_cpu_s'] * 1000:>11.1f} ms {r['model_flops_per_s'] / 1e12:>14.3f} {mfu:>6} {ratio:>13}"
+            f"{r['median_cpu_s'] * 1000:>11.1f} ms {r['model_flops_per_s'] / 1e12:>14.3f} {mfu:>6} "
+            f"{executed:>9} {ratio:>13}"
         )
     if "speedup" in result:
         print(f"speedup (ours / reference): {result['speedup']:.2f}x")

@@ -266,9 +266,11 @@ class TrainConfig:
     static_shapes: Literal["auto", "on", "off"] = "auto"
     """Pad every batch to data.max_seq_length tokens and data.max_predictions_per_seq masked slots, so that a
     compiled step is built once (auto: on for CUDA and under compile, off on the CPU, where padding costs)."""
-    compile_mode: str | None = None
-    """torch.compile mode with train.compile: null (default), max-autotune-no-cudagraphs, or reduce-overhead
-    / max-autotune (CUDA graphs: needs static shapes)."""
+    compile_mode: (
+        Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] | None
+    ) = None
+    """torch.compile mode with train.compile (inductor): null (default), max-autotune-no-cudagraphs, or
+    reduce-overhead / max-autotune, which capture CUDA graphs (they need static shapes)."""
 
     def __post_init__(self) -> None:
         from bert.budget import parse_duration
@@ -288,6 +290,18 @@ class TrainConfig:
         _require(self.save_every >= 0, "train.save_every", ">= 0 (0: only at the end)", self.save_every)
         _require(
             self.num_workers is None or self.num_workers >= 0, "train.num_workers", ">= 0", self.num_workers
+        )
+        _require(
+            self.compile_mode is None or self.compile,
+            "train.compile_mode",
+            "set only with train.compile=true",
+            self.compile_mode,
+        )
+        _require(
+            self.compile_mode not in ("reduce-overhead", "max-autotune") or self.static_shapes != "off",
+            "train.compile_mode",
+            "a mode without CUDA graphs when train.static_shapes=off (graphs need fixed shapes)",
+            self.compile_mode,
         )
 
 
@@ -440,6 +454,18 @@ class FinetuneTrainConfig:
         _positive("train", self, "num_threads", "log_every", "release_memory_every")
         _require(
             self.num_workers is None or self.num_workers >= 0, "train.num_workers", ">= 0", self.num_workers
+        )
+        _require(
+            self.compile_mode is None or self.compile,
+            "train.compile_mode",
+            "set only with train.compile=true",
+            self.compile_mode,
+        )
+        _require(
+            self.compile_mode not in ("reduce-overhead", "max-autotune") or self.static_shapes != "off",
+            "train.compile_mode",
+            "a mode without CUDA graphs when train.static_shapes=off (graphs need fixed shapes)",
+            self.compile_mode,
         )
 
 

@@ -1,37 +1,36 @@
 #!/usr/bin/env bash
-# The GPU check (scripts/gpu_check.py): bf16 bench of every attention path against transformers with MFU,
-# flash-attn varlen against SDPA, the no-host-sync check, 200 bf16 pretraining steps of BERT-base, and a
-# compiled against an eager step. About 5 minutes on one H100/H200; writes gpu_check.json and gpu_check.txt.
+# The GPU check (scripts/gpu_check.py has the sections): bf16 bench of every attention path against
+# transformers with useful and executed MFU, unpadded against SDPA, three real training steps under CUDA's
+# sync debug mode, pretraining BERT-base on real text, compiled against eager. Each section has a time box;
+# the whole run stays under about 8.5 minutes on one H100/H200. Writes gpu_check.json and gpu_check.txt.
 #
-# Usage: bash scripts/gpu_check.sh [--device cpu] [--out DIR] [--corpus PATH] [--corpus-mb N]
-#   --device cpu   the dry run (tiny sizes), on a machine without a GPU
-#   --out          default $OUT if that is set (a job's output folder), else runs/gpu_check
-#   --corpus       default ../shared/data/corpus; on a machine where that is not beside the checkout, copy
-#                  a slice into an ignored folder of the repo and pass it (e.g. --corpus .gpu_data/corpus)
+# Usage:
+#   bash scripts/gpu_check.sh --make-kit .gpu_check     # here, once: prepared real text + wheels (ignored)
+#   bash scripts/gpu_check.sh [--sections a,b] [--out DIR]   # on the GPU machine, the tree carrying .gpu_check
+#   bash scripts/gpu_check.sh --device cpu --out DIR     # the dry run (tiny sizes), on a machine without a GPU
+#   --out defaults to $OUT if that is set (a job's output folder), else runs/gpu_check.
 #
-# What it installs: nothing from a network. The project runs from the checkout (PYTHONPATH). Missing Python
-# packages can be brought as wheels in .whl/ (ignored by git), installed with --no-index; flash-attn only if
-# a wheel of it is there (never built from source). Where the GPU machine's Python lacks `datasets` (and its
-# dill and multiprocess), download them on a machine with a network with
-#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#     --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl datasets dill multiprocess
+# It installs nothing from a network: the project runs from the checkout (PYTHONPATH); the kit's wheels
+# (datasets, dill, multiprocess: what a bare GPU image lacks) and any in .whl/ are installed with --no-index
+# into a temporary folder; flash-attn only if a wheel of it is there (torch's own varlen kernel needs none).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 args=("$@")
+if [[ " ${args[*]} " == *" --make-kit "* ]]; then
+    exec "$PYTHON" scripts/gpu_check.py "${args[@]}"
+fi
 if [[ " ${args[*]} " != *" --out "* ]]; then
     args+=(--out "${OUT:-runs/gpu_check}")
 fi
 site=$(mktemp -d)
-if compgen -G ".whl/*.whl" > /dev/null; then
-    for wheel in .whl/*.whl; do
-        "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --target "$site" "$wheel" \
-            || echo "gpu_check: could not install $wheel (skipped)" >&2
-    done
+shopt -s nullglob
+wheels=(.gpu_check/wheels/*.whl .whl/*.whl)
+missing=$("$PYTHON" -c "import importlib.util as u; print(' '.join(m for m in ('datasets', 'dill', 'multiprocess') if u.find_spec(m) is None))")
+if [ -n "$missing" ] && [ ${#wheels[@]} -gt 0 ]; then
+    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --target "$site" "${wheels[@]}" \
+        || echo "gpu_check: could not install the wheels (${wheels[*]})" >&2
 fi
 export PYTHONPATH="$PWD:$site${PYTHONPATH:+:$PYTHONPATH}"
-if ! "$PYTHON" -c "import flash_attn" 2>/dev/null; then
-    echo "gpu_check: flash-attn is not installed (put a wheel in .whl/ to measure its varlen kernel)" >&2
-fi
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=true WANDB_MODE=disabled HF_HUB_OFFLINE=1
 exec "$PYTHON" scripts/gpu_check.py "${args[@]}"

@@ -32,3 +32,35 @@ def test_bert_base_is_about_six_times_85m_params():
 
 def test_mfu_is_none_on_cpu():
     assert mfu(1e12, "cpu") is None
+
+
+@pytest.mark.parametrize(
+    "name,peak",
+    [
+        ("NVIDIA H100 80GB HBM3", 989e12),
+        ("NVIDIA H100 PCIe", 756e12),
+        ("NVIDIA H100 NVL", 835e12),
+        ("NVIDIA H200", 989e12),
+        ("NVIDIA A100-SXM4-80GB", 312e12),
+        ("Some Other GPU", None),
+    ],
+)
+def test_peak_is_looked_up_per_gpu_model(monkeypatch, name, peak):
+    import torch
+
+    from bert.model.flops import peak_flops
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    assert peak_flops("cuda", "bf16") == peak
+
+
+def test_executed_flops_of_a_padded_batch_exceed_the_useful_ones():
+    from bert.model.flops import executed_flops_per_sequence
+
+    config = BertConfig()
+    useful = training_flops_per_token(config, seq_len=96) * 96  # a sequence of 96 real tokens
+    ours = executed_flops_per_sequence(config, seq_len=128, head_slots=20)  # padded to 128, 20 head slots
+    theirs = executed_flops_per_sequence(config, seq_len=128, head_slots=128)  # transformers: head everywhere
+    assert useful < ours < theirs
+    assert 1.3 < ours / useful < 1.5  # 128 / 96 tokens, plus the last layer at every token

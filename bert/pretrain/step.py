@@ -190,9 +190,12 @@ def train_step(
     mlm_normalizer, nsp_normalizer = _normalizers(accelerator, local[0], local[1])
     factor = gradient_factor(accelerator.num_processes, len(batches))
     shares = torch.zeros(len(STEP_SUMS), dtype=torch.float64, device=device)
+    compiled = parts.cfg.train.compile
     for i, batch in enumerate(batches):
+        if compiled:  # a new iteration for CUDA graphs (compile_mode reduce-overhead); otherwise nothing
+            torch.compiler.cudagraph_mark_step_begin()
         with accelerator.accumulate(model):
-            inputs = device_batch(batch, device, parts.cfg.train.compile)
+            inputs = device_batch(batch, device, compiled)
             losses = parts.forward_loss(inputs, mlm_normalizer, nsp_normalizer)
             accelerator.backward(losses.loss * factor)
             shares += torch.stack([getattr(losses, name).detach().double() for name in STEP_SUMS])
