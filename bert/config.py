@@ -455,18 +455,6 @@ class FinetuneTrainConfig:
         _require(
             self.num_workers is None or self.num_workers >= 0, "train.num_workers", ">= 0", self.num_workers
         )
-        _require(
-            self.compile_mode is None or self.compile,
-            "train.compile_mode",
-            "set only with train.compile=true",
-            self.compile_mode,
-        )
-        _require(
-            self.compile_mode not in ("reduce-overhead", "max-autotune") or self.static_shapes != "off",
-            "train.compile_mode",
-            "a mode without CUDA graphs when train.static_shapes=off (graphs need fixed shapes)",
-            self.compile_mode,
-        )
 
 
 @dataclass
