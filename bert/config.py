@@ -263,6 +263,10 @@ class TrainConfig:
     """torch.compile backend: inductor (generates kernels), or aot_eager / eager to debug tracing."""
     fast_paths: Literal["auto", "on", "off"] = "auto"
     """The model's speedups (bert/model/fast): auto (on for the CPU, off on CUDA and under compile), on, off."""
+    pad_vocab_multiple: int = 64
+    """The model's vocabulary (word-embedding and MLM-decoder rows) rounded up to a multiple of this, e.g.
+    30522 -> 30528: the tensor cores want aligned matrix sizes. The extra rows are never looked up; exports
+    drop them, so an exported model has exactly the tokenizer's vocabulary. 1: no padding."""
     static_shapes: Literal["auto", "on", "off"] = "auto"
     """Pad every batch to data.max_seq_length tokens and data.max_predictions_per_seq masked slots, so that a
     compiled step is built once (auto: on for CUDA and under compile, off on the CPU, where padding costs)."""
@@ -276,6 +280,7 @@ class TrainConfig:
         from bert.budget import parse_duration
 
         _positive("train", self, "max_steps", "max_tokens", "batch_size", "gradient_accumulation_steps")
+        _positive("train", self, "pad_vocab_multiple")
         _positive("train", self, "log_every")
         if self.max_time is not None:
             parse_duration(self.max_time)  # raises a one-line ValueError naming train.max_time

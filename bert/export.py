@@ -40,11 +40,14 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path) -> Path:
     The checkpoint is verified (sizes and hashes) first. The result holds config.json, model.safetensors and
     the tokenizer; `transformers.BertForPreTraining` and `bert finetune` load it.
     """
+    import dataclasses
+
     from safetensors.torch import load_file
 
     from bert.model import BertForPreTraining
     from bert.model.config import BertConfig
-    from bert.model.convert import load_weights
+    from bert.model.convert import load_weights, trim_vocabulary
+    from bert.tokenizer import load_tokenizer
 
     folder = Path(checkpoint)
     if not folder.is_dir():
@@ -58,8 +61,15 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path) -> Path:
     if problem is not None:
         raise UserError(f"{folder}: not a usable checkpoint: {problem}")
     meta = read_meta(folder)
-    model = BertForPreTraining(BertConfig.from_dict(meta["config"]["model"]))
-    report = load_weights(model, load_file(str(folder / MODEL)), str(folder / MODEL))
+    config = BertConfig.from_dict(meta["config"]["model"])
+    state = load_file(str(folder / MODEL))
+    if (folder / "tokenizer").is_dir():  # the vocabulary's padding rows (train.pad_vocab_multiple) dropped
+        vocab = load_tokenizer(folder / "tokenizer").get_vocab_size()
+        if vocab < config.vocab_size:
+            config = dataclasses.replace(config, vocab_size=vocab)
+            state = trim_vocabulary(state, vocab)
+    model = BertForPreTraining(config)
+    report = load_weights(model, state, str(folder / MODEL))
     if report.missing or report.unexpected:
         raise UserError(
             f"{folder / MODEL}: weights do not match the model: missing {report.missing}, "

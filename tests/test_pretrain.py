@@ -140,3 +140,25 @@ def test_compiled_training_runs_and_saves_plain_names(cache, tmp_path):
     saved = weights(ckpt.step_folder(run, 2))
     assert saved and not any(k.startswith("_orig_mod") for k in saved)
     assert ckpt.read_meta(ckpt.step_folder(run, 2))["config"]["train"]["compile"] is True
+
+
+def test_the_vocabulary_is_padded_for_training_and_exported_exactly(cache, tmp_path):
+    """train.pad_vocab_multiple pads the model's vocabulary tables; the export (and `bert export` of a
+    checkpoint) has the tokenizer's vocabulary, and loads in transformers with the same logits."""
+    transformers = pytest.importorskip("transformers")
+    from bert.export import export_checkpoint
+    from bert.tokenizer import load_tokenizer
+
+    run = tmp_path / "run"
+    result = pretrain_here(cache, run, "train.max_steps=2", "train.pad_vocab_multiple=64")
+    vocab = load_tokenizer(result["export"]).get_vocab_size()
+    trained = weights(ckpt.step_folder(run, 2))["bert.embeddings.word_embeddings.weight"]
+    assert trained.shape[0] % 64 == 0 and trained.shape[0] > vocab  # padded while training
+    for folder in (result["export"], export_checkpoint(run, tmp_path / "exported")):
+        exported = weights(folder)
+        assert exported["bert.embeddings.word_embeddings.weight"].shape[0] == vocab
+        assert torch.equal(exported["bert.embeddings.word_embeddings.weight"], trained[:vocab])
+        hf = transformers.BertForPreTraining.from_pretrained(folder)
+        assert hf.config.vocab_size == vocab
+    unpadded = pretrain_here(cache, tmp_path / "one", "train.max_steps=1", "train.pad_vocab_multiple=1")
+    assert weights(unpadded["export"])["bert.embeddings.word_embeddings.weight"].shape[0] == vocab

@@ -29,6 +29,20 @@ TIED_ALIASES = {
 }
 
 
+VOCABULARY_KEYS = (
+    "word_embeddings.weight",
+    "predictions.bias",
+    "predictions.decoder.weight",
+    "predictions.decoder.bias",
+)
+"""The tensors with one row per vocabulary entry."""
+
+
+def trim_vocabulary(state: dict[str, torch.Tensor], vocab_size: int) -> dict[str, torch.Tensor]:
+    """`state` with its vocabulary tables cut to `vocab_size` rows (the padding rows dropped)."""
+    return {k: v[:vocab_size] if k.endswith(VOCABULARY_KEYS) else v for k, v in state.items()}
+
+
 def read_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
     """Tensors of a model folder, safetensors first; raises UserError when there are none."""
     folder = Path(folder)
@@ -92,12 +106,14 @@ def load_weights(
     source: str,
     ignore_mismatched_sizes: bool = False,
     extend_positions: bool = False,
+    extend_vocabulary: bool = False,
 ) -> LoadReport:
     """Copy `state` (keys already ours, see `normalize_keys`) into `model`, checking every shape.
 
     A shape mismatch is a UserError naming the key, unless `ignore_mismatched_sizes` (then the weight keeps
     its initialisation and is reported), or `extend_positions` and the key is the position table (phase 2
-    of pretraining grows it: the saved rows are copied, the new ones keep their initialisation).
+    of pretraining grows it: the saved rows are copied, the new ones keep their initialisation), or
+    `extend_vocabulary` and the key is a vocabulary table (the padding rows of train.pad_vocab_multiple).
     """
     own = model.state_dict()
     report = LoadReport()
@@ -105,11 +121,10 @@ def load_weights(
     for key, value in list(state.items()):
         if key not in own or own[key].shape == value.shape:
             continue
-        if (
-            extend_positions
-            and key.endswith("position_embeddings.weight")
-            and value.shape[1:] == own[key].shape[1:]
-        ):
+        grows = (extend_positions and key.endswith("position_embeddings.weight")) or (
+            extend_vocabulary and key.endswith(VOCABULARY_KEYS)
+        )
+        if grows and value.shape[1:] == own[key].shape[1:] and value.shape[0] < own[key].shape[0]:
             rows = min(value.shape[0], own[key].shape[0])
             state[key] = torch.cat([value[:rows], own[key][rows:]])
             continue

@@ -104,9 +104,15 @@ class Run:
         splits, data_meta = load_prepared(prepared)
         self.tokenizer_dir = Path(prepared) / "tokenizer"
         vocab_size = data_meta.get("vocab_size")
-        if isinstance(vocab_size, int) and vocab_size != cfg.model.vocab_size:
-            self.print(f"model.vocab_size {cfg.model.vocab_size} -> {vocab_size} (the tokenizer's)")
-            cfg.model.vocab_size = vocab_size
+        self.tokenizer_vocab = vocab_size if isinstance(vocab_size, int) else cfg.model.vocab_size
+        multiple = cfg.train.pad_vocab_multiple
+        rows = -(-self.tokenizer_vocab // multiple) * multiple
+        if rows != cfg.model.vocab_size:
+            padded = f", padded to a multiple of {multiple}" if rows != self.tokenizer_vocab else ""
+            self.print(
+                f"model.vocab_size {cfg.model.vocab_size} -> {rows} (the tokenizer's {vocab_size}{padded})"
+            )
+            cfg.model.vocab_size = rows
         self.static_shapes = use_static_shapes(accelerator.device, cfg.train)
         self.collator = build_collator(prepared, cfg.data, cfg.train.seed, self.static_shapes)
         self.train_set, eval_set = splits["train"], splits["validation"]
@@ -124,7 +130,7 @@ class Run:
         cfg, accelerator = self.cfg, self.accelerator
         model = BertForPreTraining(cfg.model)
         if cfg.train.init_from:
-            _load_init(model, cfg.train.init_from)
+            _load_init(model, cfg.train.init_from, cfg.train.pad_vocab_multiple)
         model, paths = prepare_model(model, accelerator.device, cfg.train, compile_in_place=False)
         self.cross_entropy = paths.cross_entropy()
         optimizer = build_optimizer(model, cfg.optimizer)
@@ -358,14 +364,18 @@ class Run:
         return self.checkpointer.save(state.step, self.model, self.optimizer, meta, self.tokenizer_dir)
 
     def export(self) -> None:
-        """The final model in the Hugging Face format, with its tokenizer (main process writes)."""
+        """The final model in the Hugging Face format, with its tokenizer (main process writes); the
+        vocabulary's padding rows are dropped: the export has exactly the tokenizer's vocabulary."""
+        import dataclasses
+
         from bert.model import BertForPreTraining
+        from bert.model.convert import trim_vocabulary
 
         state_dict = self.accelerator.get_state_dict(self.model)  # every process (collective if sharded)
         self.export_dir = self.run_dir / "export"
         if self.main:
-            export = BertForPreTraining(self.cfg.model)
-            export.load_state_dict(state_dict)
+            export = BertForPreTraining(dataclasses.replace(self.cfg.model, vocab_size=self.tokenizer_vocab))
+            export.load_state_dict(trim_vocabulary(state_dict, self.tokenizer_vocab))
             write_export(export, self.tokenizer_dir, self.export_dir)
             seconds = time.time() - self.started
             self.print(
@@ -421,8 +431,9 @@ def _changed_settings(saved: dict[str, Any], current: dict[str, Any]) -> str:
     return "; ".join(f"{k}: {json.dumps(old[k])} -> {json.dumps(new[k])}" for k in keys)
 
 
-def _load_init(model: Any, folder: str) -> None:
-    """`train.init_from`: weights only (not a resume), from an export or any Hugging Face BERT folder."""
+def _load_init(model: Any, folder: str, pad_vocab_multiple: int = 1) -> None:
+    """`train.init_from`: weights only (not a resume), from an export or any Hugging Face BERT folder. Its
+    vocabulary may be this model's without the padding rows (train.pad_vocab_multiple)."""
     from bert.model import convert
     from bert.model.config import BertConfig
 
@@ -435,6 +446,9 @@ def _load_init(model: Any, folder: str) -> None:
         "num_attention_heads",
         "intermediate_size",
     )
+    padded_source = -(-source_cfg["vocab_size"] // pad_vocab_multiple) * pad_vocab_multiple
+    if padded_source == own_cfg["vocab_size"]:
+        source_cfg["vocab_size"] = own_cfg["vocab_size"]  # the same vocabulary, padded here
     differ = [
         f"model.{k}: {source_cfg[k]!r} (init_from) vs {own_cfg[k]!r}"
         for k in shape_keys
@@ -444,4 +458,6 @@ def _load_init(model: Any, folder: str) -> None:
         raise UserError(f"train.init_from={folder}: the model differs in {'; '.join(differ)}")
     state = convert.normalize_keys(convert.read_state_dict(folder), model.base_model_prefix)
     # phase 2 may extend the position table: the saved rows are copied, the new ones keep their init
-    convert.load_weights(model, state, f"train.init_from={folder}", extend_positions=True)
+    convert.load_weights(
+        model, state, f"train.init_from={folder}", extend_positions=True, extend_vocabulary=True
+    )
