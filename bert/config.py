@@ -353,6 +353,13 @@ class PretrainConfig:
             self.data.max_seq_length,
         )
         _require(
+            self.train.compile_mode not in ("reduce-overhead", "max-autotune")
+            or self.model.attn_implementation != "unpadded",
+            "train.compile_mode",
+            "a mode without CUDA graphs with model.attn_implementation=unpadded (its token count changes)",
+            self.train.compile_mode,
+        )
+        _require(
             not self.data.nsp or self.model.type_vocab_size >= 2,
             "model.type_vocab_size",
             "at least 2 for sentence pairs (data.nsp=true)",

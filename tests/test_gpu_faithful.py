@@ -306,14 +306,16 @@ def test_the_unpadded_layout_from_host_lengths_equals_the_one_read_from_the_mask
     from bert.model.masks import unpadded_layout
 
     mask = torch.zeros(4, 8, dtype=torch.long)
-    lengths = [8, 3, 0, 5]  # a fully padded row attends everywhere (rule 3): it counts as 8 tokens
+    lengths = [7, 3, 0, 5]  # a fully padded row attends everywhere (rule 3): it counts as 8 tokens
     for row, n in enumerate(lengths):
         mask[row, :n] = 1
     read = unpadded_layout(mask, 4, 8, torch.device("cpu"))
     host = unpadded_layout(mask, 4, 8, torch.device("cpu"), lengths=lengths)
     for name in ("indices", "cu_seqlens", "flat_to_row", "key_mask"):
         assert torch.equal(getattr(read, name), getattr(host, name)), name
-    assert read.max_seqlen == host.max_seqlen == 8
+    # from host lengths the bound is T (the same number every batch, what a compiled layer wants); the
+    # fully padded row counts as T tokens in both
+    assert read.max_seqlen == 8 and host.max_seqlen == 8 and int(host.cu_seqlens[-1]) == 7 + 3 + 8 + 5
 
 
 def test_the_unpadded_cuda_path_runs_torch_flash_on_the_meta_device(tmp_path, monkeypatch):
@@ -338,3 +340,31 @@ def test_the_unpadded_cuda_path_runs_torch_flash_on_the_meta_device(tmp_path, mo
     train_step(parts, 0, [batch], TrainHooks(), lambda: 0.0)
     layers = parts.model.config.num_hidden_layers
     assert calls == [parts.model.config.attention_probs_dropout_prob] * layers  # dropout in the kernel
+
+
+def test_compiled_unpadded_layers_compile_once_for_every_token_count():
+    """The unpadded path compiles each encoder layer with the token count dynamic: new batches (new N, new
+    lengths) add no graph and no recompile after the first."""
+    from torch._dynamo.utils import counters
+
+    cfg = tiny_pretrain_config(
+        "unused",
+        "unused",
+        "train.compile=true",
+        "train.compile_backend=eager",
+        "model.attn_implementation=unpadded",
+    )
+    cfg.model.vocab_size = 99
+    torch.manual_seed(0)
+    model = BertForPreTraining(cfg.model).train()
+    forward_loss, _ = forward_functions(model, None, cfg.train)
+    collator = _collator(static=True)
+    torch._dynamo.reset()
+    counters.clear()
+    graphs = []
+    for seed, lengths in enumerate([[32, 17, 9, 25], [12, 7, 30, 5], [8, 8, 6, 21], [31, 3, 14, 9]]):
+        batch = collator(_examples(lengths, seed=seed))
+        norms = torch.tensor([float(batch.num_masked()), 4.0])
+        forward_loss(batch, norms[0], norms[1]).loss.backward()
+        graphs.append(counters["stats"]["unique_graphs"])
+    assert graphs[0] >= 1 and graphs[-1] == graphs[0], graphs

@@ -154,7 +154,10 @@ def _unpadded_from_lengths(
     lengths: Sequence[int],
 ) -> UnpaddedLayout:
     """`unpadded_layout` built on the host from the rows' lengths (real tokens are a prefix of each row, as
-    the collators lay them out), then copied without waiting: no value comes back from the device."""
+    the collators lay them out), then copied without waiting: no value comes back from the device.
+
+    `max_seqlen` is the padded width T, an upper bound that the varlen kernels accept (they stop at each
+    sequence's end, given by cu_seqlens): a compiled layer then sees the same number for every batch."""
     rows = torch.as_tensor([n if n > 0 else seq_len for n in lengths], dtype=torch.long)  # rule 3
     keep = torch.arange(seq_len).unsqueeze(0) < rows.unsqueeze(1)  # (B, T) on the host
     indices = keep.reshape(-1).nonzero().squeeze(1)  # (N,) a host computation
@@ -167,7 +170,7 @@ def _unpadded_from_lengths(
     else:
         key_mask = key_padding_mask(attention_mask)
     return UnpaddedLayout(
-        batch_size, seq_len, moved[0], moved[1], int(rows.max()), key_mask[:, None, None, :], moved[2]
+        batch_size, seq_len, moved[0], moved[1], seq_len, key_mask[:, None, None, :], moved[2]
     )
 
 

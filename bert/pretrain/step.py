@@ -102,6 +102,9 @@ def forward_functions(model: Any, cross_entropy: Any, train_cfg: Any) -> tuple[C
     With `train.compile` each is ONE torch.compile region, model and loss together (the loss's fp32
     log-softmax fuses with the head); with static shapes (bert.training.use_static_shapes) each compiles once.
     The normalisers are device tensors, never Python numbers that a compiled function would specialise on.
+    On the unpadded path the number of real tokens changes every batch, so each encoder layer is compiled
+    instead, with that dimension dynamic (one graph for every batch); the layout (from the collator's host
+    lengths), the embeddings and the heads run eagerly around them.
     """
 
     def forward_loss(batch: PretrainingBatch, mlm_normalizer: Any, nsp_normalizer: Any) -> Any:
@@ -121,13 +124,27 @@ def forward_functions(model: Any, cross_entropy: Any, train_cfg: Any) -> tuple[C
         options = {"backend": train_cfg.compile_backend}
         if train_cfg.compile_mode:
             options["mode"] = train_cfg.compile_mode
+        if not compiles_whole_forward(model, train_cfg):
+            from bert.model.layers import BertLayer
+
+            for layer in [m for m in model.modules() if isinstance(m, BertLayer)]:
+                layer.compile(dynamic=True, **options)
+            return forward_loss, forward_stats
         return torch.compile(forward_loss, **options), torch.compile(forward_stats, **options)
     return forward_loss, forward_stats
 
 
+def compiles_whole_forward(model: Any, train_cfg: Any) -> bool:
+    """Whether `train.compile` compiles the forward and the loss as one region (every path but unpadded,
+    whose layers are compiled one by one: `forward_functions`)."""
+    config = getattr(getattr(model, "module", model), "config", None)
+    return bool(train_cfg.compile) and getattr(config, "attn_implementation", None) != "unpadded"
+
+
 def device_batch(batch: PretrainingBatch, device: torch.device, compiled: bool = False) -> PretrainingBatch:
-    """The batch on the device without the fields the model does not read; `compiled`: without the host
-    lengths too (a compiled function would guard on, and recompile for, every new tuple of lengths)."""
+    """The batch on the device without the fields the model does not read; `compiled` (the whole forward is
+    one compiled region): without the host lengths too (it would guard on, and recompile for, every new
+    tuple of lengths)."""
     moved = batch.to(device, non_blocking=True)
     lengths = None if compiled else batch.seq_lengths
     return dataclasses.replace(moved, example_ids=None, host_counts=None, seq_lengths=lengths)
@@ -191,11 +208,12 @@ def train_step(
     factor = gradient_factor(accelerator.num_processes, len(batches))
     shares = torch.zeros(len(STEP_SUMS), dtype=torch.float64, device=device)
     compiled = parts.cfg.train.compile
+    whole = compiles_whole_forward(model, parts.cfg.train)
     for i, batch in enumerate(batches):
         if compiled:  # a new iteration for CUDA graphs (compile_mode reduce-overhead); otherwise nothing
             torch.compiler.cudagraph_mark_step_begin()
         with accelerator.accumulate(model):
-            inputs = device_batch(batch, device, compiled)
+            inputs = device_batch(batch, device, whole)
             losses = parts.forward_loss(inputs, mlm_normalizer, nsp_normalizer)
             accelerator.backward(losses.loss * factor)
             shares += torch.stack([getattr(losses, name).detach().double() for name in STEP_SUMS])
@@ -388,11 +406,12 @@ def evaluate(parts: TrainingParts, loader: Any, step: int, hooks: TrainHooks) ->
     """
     accelerator, model = parts.accelerator, parts.model
     several = accelerator.num_processes > 1
+    whole = compiles_whole_forward(model, parts.cfg.train)
     model.eval()
     totals = MetricTotals()
     complete = True
     for i, batch in enumerate(loader):
-        stats = parts.forward_stats(device_batch(batch, accelerator.device, parts.cfg.train.compile))
+        stats = parts.forward_stats(device_batch(batch, accelerator.device, whole))
         totals.add(accelerator.gather_for_metrics(stats))
         hooks.during_eval(step, i)
         if not several and parts.stop.requested:
