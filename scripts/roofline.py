@@ -14,7 +14,8 @@ the memory-bound operations: the backward reads what the forward saved and write
   fp32, the casts to bf16 in front of the matmuls, two hidden dropouts with their masks, two residual adds
   in fp32, GELU over the intermediate size; with torch.compile (inductor) these fuse into the matmuls'
   neighbours, which the estimate counts as one read and one write of the hidden state per fused group;
-- optimizer: fused AdamW, reading and writing weights, gradients and both moments once per step.
+- AdamW: the fused optimizer, reading and writing weights, gradients and both moments once per step;
+- embed/glue: embeddings, the MLM logits' softmax traffic; unpad: the gather and scatter of the unpadded path.
 
 Padding: a padded step runs every padded token (`--real-fraction` of them are real, about 0.9 in Google's
 data at 128); the unpadded path runs the real ones only and pays a gather and a scatter per step.
@@ -68,10 +69,10 @@ def estimate(args: argparse.Namespace) -> list[dict]:
         fused_bytes = 5 * 4 * h + 2 * i
         per_token = (fused_bytes if compiled else eager_bytes) * layers * 3
         parts["memory-bound"] = per_token * tokens / bandwidth
-        parts["embeddings + head glue"] = (3 * 4 * h * tokens + 3 * 4 * vocab * slots * seqs) / bandwidth
+        parts["embed/glue"] = (3 * 4 * h * tokens + 3 * 4 * vocab * slots * seqs) / bandwidth
         if unpadded:
-            parts["unpad / re-pad"] = 2 * 2 * 4 * h * tokens / bandwidth
-        parts["optimizer (fused AdamW)"] = params * 4 * 4 * 2 / bandwidth
+            parts["unpad"] = 2 * 2 * 4 * h * tokens / bandwidth
+        parts["AdamW"] = params * 4 * 4 * 2 / bandwidth
         seconds = sum(parts.values())
         real_tokens = seqs * t * args.real_fraction
         useful = real_tokens * useful_per_token / seconds
@@ -88,7 +89,9 @@ def estimate(args: argparse.Namespace) -> list[dict]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default="base")
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--batch", type=int, default=256, help="sequences per GPU per step")
@@ -104,12 +107,14 @@ def main() -> int:
         f"{args.real_fraction:.0%}, peak {args.peak_tflops:.0f} TFLOP/s x {args.matmul_eff}, "
         f"{args.bandwidth_tbs} TB/s x {args.memory_eff}"
     )
-    names = list(rows[0]["parts_ms"]) + ["unpad / re-pad"]
+    names = list(rows[0]["parts_ms"]) + ["unpad"]
     names = list(dict.fromkeys(names))
-    print(f"{'path':<40} " + " ".join(f"{n[:14]:>14}" for n in names) + f" {'step ms':>8} {'tok/s':>9} {'MFU':>6}")
+    print(f"{'path':<37} " + " ".join(f"{n:>12}" for n in names) + f" {'step ms':>8} {'tok/s':>8} {'MFU':>6}")
     for r in rows:
-        cells = " ".join(f"{r['parts_ms'].get(n, 0.0):>14.2f}" for n in names)
-        print(f"{r['path']:<40} {cells} {r['step_ms']:>8.1f} {r['real_tokens_per_s']:>9.0f} {r['useful_mfu']:>6.1%}")
+        cells = " ".join(f"{r['parts_ms'].get(n, 0.0):>12.2f}" for n in names)
+        print(
+            f"{r['path']:<37} {cells} {r['step_ms']:>8.1f} {r['real_tokens_per_s']:>8.0f} {r['useful_mfu']:>6.1%}"
+        )
     return 0
 
 

@@ -93,3 +93,17 @@ def test_a_token_budget_stops_after_the_step_that_reaches_it(tiny_data, tmp_path
     tokens = [m["train/tokens"] for m in metrics(run) if "train/tokens" in m]
     assert tokens[-1] >= 300 and tokens[-2] < 300  # the last step is the one that crossed
     assert result["step"] == len(tokens)
+
+
+@pytest.mark.e2e
+def test_two_processes_stop_a_token_budget_at_the_step_one_process_does(tiny_data, tmp_path):
+    """Several processes agree on tokens only every log_every steps and extrapolate between: they must still
+    stop after the step that crosses the budget, as one process (which counts exactly) does."""
+    from tests.pretrain_utils import run_cli
+
+    budget = ("train.max_steps=null", "train.max_tokens=700", "train.save_every=0", "train.log_every=3")
+    one = pretrain_here(tiny_data, tmp_path / "one", *budget, "train.batch_size=8")
+    done = run_cli(tiny_data, tmp_path / "two", *budget, "train.batch_size=4", nproc=2)
+    assert done.returncode == 0, done.stderr[-2000:]
+    tokens = [m["train/tokens"] for m in metrics(tmp_path / "two") if "train/tokens" in m]
+    assert tokens[-1] >= 700 and max(m["step"] for m in metrics(tmp_path / "two")) == one["step"]
