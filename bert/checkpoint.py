@@ -294,7 +294,9 @@ class Checkpointer:
             raise CheckpointError(f"{OPTIMIZER_STATE}: cannot be restored ({err})") from None
         if accelerator.scaler is not None:
             accelerator.scaler.load_state_dict(load_state_tree(None, folder / SCALER))
-        load_rng(folder / rng_file(accelerator.process_index))
+        if meta.get("num_processes", accelerator.num_processes) == accelerator.num_processes:
+            load_rng(folder / rng_file(accelerator.process_index))
+        # else: another number of processes (an elastic resume); the caller reseeds every process
         return meta
 
 
@@ -313,19 +315,34 @@ _MUST_MATCH = (
     "model.type_vocab_size",
     "model.pre_layer_norm",
     "optimizer.name",
-    "train.batch_size",
-    "train.gradient_accumulation_steps",
     "tokenizer",
-    "num_processes",
 )
+# The batch may be split differently on resume (processes x per-device batch x accumulation): only the global
+# batch, the examples of one optimizer step, must stay (bert.sampler).
+_SPLIT = ("train.batch_size", "train.gradient_accumulation_steps", "num_processes")
+
+
+def global_batch(compat: dict[str, Any]) -> tuple[int, str] | None:
+    """(sequences per optimizer step, 'b x k x N') of a compat record (older ones hold only the split)."""
+    if not all(key in compat for key in _SPLIT):
+        return None
+    b, k, n = (int(compat[key]) for key in _SPLIT)
+    return b * k * n, f"{b} x {k} x {n}"
 
 
 def compatibility_problems(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """Keys of `_MUST_MATCH` (flattened 'a.b' keys) whose values differ, as 'key: saved -> current'."""
+    """Keys of `_MUST_MATCH` (flattened 'a.b' keys) whose values differ, as 'key: saved -> current', and the
+    global batch when it changed."""
     problems = []
     for key in _MUST_MATCH:
         if key in saved and key in current and saved[key] != current[key]:
             problems.append(f"{key}: {saved[key]!r} -> {current[key]!r}")
+    old, new = global_batch(saved), global_batch(current)
+    if old and new and old[0] != new[0]:
+        problems.append(
+            f"the global batch (train.batch_size x train.gradient_accumulation_steps x processes): "
+            f"{old[0]} = {old[1]} -> {new[0]} = {new[1]}; it must stay {old[0]} (any split of it resumes)"
+        )
     return problems
 
 

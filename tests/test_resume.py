@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from bert import checkpoint as ckpt
+from bert.errors import UserError
 from bert.sampler import ShardedBatchSampler
-from tests.pretrain_utils import pretrain_here, recorded_ids, run_cli
+from tests.pretrain_utils import metrics, pretrain_here, recorded_ids, run_cli
 
 # Dropout stays on: an exact resume must restore the RNG too. Evaluation every 2 steps; the data order is
 # recorded (record_ids) by every run.
@@ -164,3 +165,67 @@ def test_no_sample_repeated_or_skipped_across_resumes(cache, tmp_path, workers):
     epoch1 = [i for e, i in consumed if e == 1]
     assert len(epoch1) == len(set(epoch1)) == 5 * 16
     assert [entry["step"] for entry in recorded_ids(run)] == list(range(1, steps + 1))
+
+
+# ------------------------------------------------------------------------------------ elastic resume
+
+ELASTIC = (
+    "model.hidden_dropout_prob=0",
+    "model.attention_probs_dropout_prob=0",
+    "optimizer.schedule=constant",  # the lr of a step must not depend on where the first launch stopped
+    "train.log_every=1",
+)
+
+
+def _examples_per_step(run_dir, ranks) -> dict[int, list]:
+    steps: dict[int, list] = {}
+    for rank in ranks:
+        for line in recorded_ids(run_dir, rank):
+            steps.setdefault(line["step"], []).extend(tuple(pair) for pair in line["examples"])
+    return {step: sorted(pairs) for step, pairs in steps.items()}
+
+
+def _losses(run_dir) -> dict[int, float]:
+    return {m["step"]: m["train/loss"] for m in metrics(run_dir) if "train/loss" in m}
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("first,second", [((2, 4, 1), (1, 4, 2)), ((1, 8, 1), (2, 4, 1))])
+def test_a_run_resumes_on_another_number_of_processes(cache, tmp_path, first, second):
+    """(processes, per-device batch, accumulation) changes between two launches with the same global batch:
+    every step takes the same examples as an uninterrupted run, and the losses agree."""
+
+    def launch(run, split, steps):
+        n, batch, k = split
+        extra = (*ELASTIC, f"train.batch_size={batch}", f"train.gradient_accumulation_steps={k}",
+                 f"train.max_steps={steps}")  # fmt: skip
+        done = run_cli(cache, run, *extra, record_ids=True, nproc=n)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done
+
+    reference = tmp_path / "reference"
+    launch(reference, first, 6)
+    run = tmp_path / "run"
+    launch(run, first, 3)
+    done = launch(run, second, 6)
+    assert "resumed from" in done.stdout
+    ranks = lambda split: range(split[0])  # noqa: E731
+    ours = _examples_per_step(run, set(ranks(first)) | set(ranks(second)))
+    assert ours == _examples_per_step(reference, ranks(first))
+    a, b = _losses(run), _losses(reference)
+    assert sorted(a) == sorted(b) == list(range(1, 7))
+    assert all(abs(a[s] - b[s]) <= 1e-3 * abs(b[s]) for s in a), (a, b)
+
+
+@pytest.mark.e2e
+def test_a_changed_global_batch_is_refused_in_one_line(cache, tmp_path):
+    run = tmp_path / "run"
+    pretrain_here(cache, run, "train.max_steps=2", "train.batch_size=4")
+    with pytest.raises(UserError) as err:
+        pretrain_here(
+            cache, run, "train.max_steps=4", "train.batch_size=4", "train.gradient_accumulation_steps=2"
+        )
+    message = str(err.value)
+    assert (
+        "\n" not in message and "the global batch" in message and "4 = 4 x 1 x 1 -> 8 = 4 x 2 x 1" in message
+    )

@@ -180,7 +180,7 @@ class Run:
         apply_hyperparameters(self.optimizer, cfg.optimizer)
         state = self.state
         state.step = meta["step"]
-        state.epoch, state.index = meta["data"]["epoch"], meta["data"]["index"]
+        state.epoch, state.index = meta["data"]["epoch"], self._resumed_index(meta)
         state.counters.update(meta.get("counters", {}))
         state.last_eval = meta.get("eval", {})
         self.run_id = meta.get("run_id") or self.run_id
@@ -192,11 +192,38 @@ class Run:
         self.print(
             f"resumed from {folder} (step {state.step}, epoch {state.epoch}, micro-batch {state.index})"
         )
+        saved_processes = meta.get("num_processes", accelerator.num_processes)
+        if saved_processes != accelerator.num_processes:
+            # dropout cannot continue the saved streams on another number of processes: fresh, seeded ones
+            set_seed(cfg.train.seed + 1_000_003 * state.step + accelerator.process_index)
+            self.print(
+                f"resumed on {accelerator.num_processes} process(es), saved on {saved_processes}: the same "
+                "examples and masks in every step; new dropout streams"
+            )
         changed = _changed_settings(meta.get("config", {}), to_dict(cfg))
         if changed:
             self.print(
                 f"resuming with changed settings (they apply from step {state.step + 1} on): {changed}"
             )
+
+    def _resumed_index(self, meta: dict[str, Any]) -> int:
+        """The saved data position as a micro-batch index of this run's split of the global batch."""
+        data, cfg = meta["data"], self.cfg
+        saved_cfg = meta.get("config", {}).get("train", {})
+        examples = data.get("examples")
+        if examples is None:  # older checkpoints: index x per-device batch x processes
+            examples = (
+                data["index"]
+                * saved_cfg.get("batch_size", cfg.train.batch_size)
+                * meta.get("num_processes", self.accelerator.num_processes)
+            )
+        micro_batch = cfg.train.batch_size * self.accelerator.num_processes
+        if examples % micro_batch:
+            raise UserError(
+                f"the checkpoint's data position ({examples} examples into epoch {data['epoch']}) is not a whole "
+                f"number of micro-batches of {micro_batch} (train.batch_size x processes)"
+            )
+        return examples // micro_batch
 
     def _choose_checkpoint(self, before: Path | None = None) -> Path | None:
         """Main process decides (and cleans, and checks compatibility); every process gets its answer."""
@@ -260,6 +287,7 @@ class Run:
             cfg.train.seed,
             self.state.epoch,
             self.state.index,
+            accumulation=cfg.train.gradient_accumulation_steps,
         )
         cuda = accelerator.device.type == "cuda"
         workers = cfg.train.num_workers if cfg.train.num_workers is not None else (2 if cuda else 0)
@@ -350,6 +378,7 @@ class Run:
             "data": {
                 "epoch": state.epoch,
                 "index": state.index,
+                "examples": self.sampler.examples_done(state.index),  # over all processes: any split resumes
                 "batches_per_epoch": self.sampler.batches_per_epoch,
             },
             "counters": state.counters,
@@ -420,7 +449,14 @@ def _compat_keys(cfg: PretrainConfig, tokenizer_dir: Path, num_processes: int) -
     }
 
 
-_RESUME_SETTINGS = ("optimizer.", "train.max_steps", "train.max_time", "train.max_tokens")
+_RESUME_SETTINGS = (
+    "optimizer.",
+    "train.max_steps",
+    "train.max_time",
+    "train.max_tokens",
+    "train.batch_size",
+    "train.gradient_accumulation_steps",
+)
 """Settings that may change on resume and apply from the resumed step on (module docstring)."""
 
 
