@@ -14,6 +14,7 @@ import argparse
 import sys
 import textwrap
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from bert import __version__
@@ -82,11 +83,24 @@ def _run_prepare(args: argparse.Namespace) -> int:
 def _run_pretrain(args: argparse.Namespace) -> int:
     from bert.config import PretrainConfig
 
+    _resume_in_place(args)
     cfg = _load(args, PretrainConfig)
     from bert.pretrain import pretrain
 
     pretrain(cfg, hooks=getattr(args, "hooks", None))
     return 0
+
+
+def _resume_in_place(args: argparse.Namespace) -> None:
+    """`bert pretrain RUN/config.yaml` resumes the run in RUN, wherever that folder is now (moved to another
+    machine or mount), unless train.output_dir is given on the command line."""
+    if not args.config or Path(args.config).name != "config.yaml":
+        return
+    run = Path(args.config).resolve().parent
+    if not (run / "checkpoints").is_dir() or any(o.startswith("train.output_dir=") for o in args.overrides):
+        return
+    args.overrides = [*args.overrides, f"train.output_dir={run}"]
+    print(f"{args.config} is a run folder's config: resuming in {run}", flush=True)
 
 
 def _run_finetune(args: argparse.Namespace) -> int:

@@ -74,7 +74,8 @@ class Progress:
             text = f"{self.desc}: step {self.n}{share}, {rate:.3g} steps/s, {_duration(left)} left"
         else:  # a time or token budget: the postfix says how much of it is used
             text = f"{self.desc}: step {self.n}, {rate:.3g} steps/s"
-        print(text + (f"; {figures}" if figures else ""), file=self.stream, flush=True)
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")  # a log file is read later: when was this line written
+        print(f"{stamp} {text}" + (f"; {figures}" if figures else ""), file=self.stream, flush=True)
 
     def write(self, line: str) -> None:
         """A message line that does not break the bar (shown even when the bar is disabled)."""

@@ -241,6 +241,31 @@ def main_process_first(accelerator: Any, key: str) -> Iterator[None]:
     yield
 
 
+def check_shared_folder(accelerator: Any, folder: Path) -> None:
+    """Every process must see what the main process writes in `folder` (the run folder: checkpoints are
+    written by the main process and read by all): a one-line error on every process before any training,
+    instead of a missing file at the first checkpoint."""
+    if accelerator.num_processes == 1:
+        return
+    import socket
+
+    from bert import fs
+
+    probe = Path(folder) / f".shared-{broadcast_token(accelerator, fs.unique_token())}"
+    if accelerator.is_main_process:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        probe.write_text(socket.gethostname())
+    accelerator.wait_for_everyone()
+    blind = all_reduce_sum(accelerator, [0.0 if probe.exists() else 1.0])[0]
+    if accelerator.is_main_process:
+        probe.unlink()
+    if blind:
+        raise UserError(
+            f"train.output_dir {folder} is not shared: {int(blind)} of {accelerator.num_processes} processes do "
+            "not see the main process's files there; on several nodes put it on a filesystem every node mounts"
+        )
+
+
 def broadcast_token(accelerator: Any, token: str) -> str:
     """The main process's `token`, on every process."""
     if accelerator.num_processes == 1:
@@ -250,11 +275,18 @@ def broadcast_token(accelerator: Any, token: str) -> str:
     return broadcast_object_list([token])[0]
 
 
+STOP_FILE_ENV = "BERT_STOP_FILE"
+"""A path; when a file appears there, the run saves and exits 0 as on SIGTERM. scripts/slurm_pretrain.sh
+uses it to stop the workers on every node before a time limit without signalling the launcher."""
+
+
 class StopSignal:
-    """SIGTERM/SIGINT set `requested` (the handler does nothing else); a second SIGINT interrupts at once."""
+    """SIGTERM/SIGINT, or the file named by $BERT_STOP_FILE appearing, set `requested` (the handler does
+    nothing else); a second SIGINT interrupts at once."""
 
     def __init__(self) -> None:
-        self.requested = False
+        self._flag = False
+        self.stop_file = os.environ.get(STOP_FILE_ENV) or None
         self._previous = {}
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
@@ -262,10 +294,16 @@ class StopSignal:
             except ValueError:  # not the main thread (e.g. inside a notebook worker): no handler
                 pass
 
+    @property
+    def requested(self) -> bool:
+        if not self._flag and self.stop_file is not None and os.path.exists(self.stop_file):
+            self._flag = True
+        return self._flag
+
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested and signum == signal.SIGINT:
+        if self._flag and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        self.requested = True
+        self._flag = True
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():

@@ -229,3 +229,23 @@ def test_a_changed_global_batch_is_refused_in_one_line(cache, tmp_path):
     assert (
         "\n" not in message and "the global batch" in message and "4 = 4 x 1 x 1 -> 8 = 4 x 2 x 1" in message
     )
+
+
+@pytest.mark.e2e
+def test_a_moved_run_folder_resumes_from_its_own_config(cache, tmp_path, capsys):
+    from bert.cli import main
+    from tests.pretrain_utils import reset_accelerate
+
+    first = tmp_path / "first"
+    pretrain_here(cache, first, "train.max_steps=2")
+    moved = tmp_path / "elsewhere" / "run"
+    moved.parent.mkdir()
+    shutil.move(str(first), str(moved))
+    reset_accelerate()
+    try:
+        assert main(["pretrain", str(moved / "config.yaml"), "train.max_steps=3"]) == 0
+    finally:
+        reset_accelerate()
+    out = capsys.readouterr().out
+    assert f"resuming in {moved}" in out and "resumed from" in out and "(step 2," in out
+    assert ckpt.step_folder(moved, 3).exists() and not first.exists()

@@ -29,6 +29,7 @@ from bert.training import (
     StopSignal,
     all_reduce_sum,
     broadcast_token,
+    check_shared_folder,
     main_process_first,
     make_accelerator,
     prepare_model,
@@ -77,7 +78,7 @@ class Run:
             )
             accelerator = run.accelerator
             run.main = accelerator.is_main_process
-            run.print(accelerator.precision_line)
+            check_shared_folder(accelerator, run.run_dir)
             if run.main:
                 run.lock = fs.RunLock(run.run_dir).acquire()
             run.checkpointer = ckpt.Checkpointer(
@@ -88,10 +89,42 @@ class Run:
             run._model()
             run._resume()
             run._logging()
+            run.print(run.startup_summary())
         except BaseException:
             run.close()
             raise
         return run
+
+    def startup_summary(self) -> str:
+        """The block a cluster log starts with: who runs, on what, with which batch, data and folder."""
+        import os
+
+        cfg, accelerator, state = self.cfg, self.accelerator, self.state
+        n = accelerator.num_processes
+        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", n))
+        nodes = max(1, n // max(per_node, 1))
+        device = accelerator.device
+        backend = "-"
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            backend = torch.distributed.get_backend()
+        b, k = cfg.train.batch_size, cfg.train.gradient_accumulation_steps
+        params = sum(p.numel() for p in accelerator.unwrap_model(self.model).parameters())
+        m = cfg.model
+        paths = ", ".join(self.fast_paths.names()) or "none"
+        where = f"resuming at step {state.step} (epoch {state.epoch})" if state.step else "starting at step 0"
+        lines = [
+            f"run: {n} process(es) on {nodes} node(s), {device.type}"
+            + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+            + f", backend {backend}; {accelerator.precision_line}",
+            f"batch: {b} per device x {k} accumulation x {n} process(es) = {b * k * n} sequences a step, at most "
+            f"{b * k * n * cfg.data.max_seq_length:,} tokens; static shapes {'on' if self.static_shapes else 'off'}",
+            f"model: L{m.num_hidden_layers}/H{m.hidden_size}/A{m.num_attention_heads}, {params:,} "
+            f"parameters, vocabulary {m.vocab_size} (tokenizer {self.tokenizer_vocab}); attention "
+            f"{m.attn_implementation}; fast paths: {paths}; compile {'on' if cfg.train.compile else 'off'}",
+            f"data: {self.prepared} ({len(self.train_set):,} training pairs)",
+            f"output: {self.run_dir.resolve()}; {where}",
+        ]
+        return "\n".join(lines)
 
     def _data(self) -> None:
         """Training and evaluation batches: `bert prepare`'s folder, or prepared now (main process first)."""
@@ -101,6 +134,7 @@ class Run:
         cfg, accelerator = self.cfg, self.accelerator
         with main_process_first(accelerator, "bert/prepare"):
             prepared = run_prepare(cfg, progress=self.main)
+        self.prepared = Path(prepared)
         splits, data_meta = load_prepared(prepared)
         self.tokenizer_dir = Path(prepared) / "tokenizer"
         vocab_size = data_meta.get("vocab_size")
@@ -132,6 +166,7 @@ class Run:
         if cfg.train.init_from:
             _load_init(model, cfg.train.init_from, cfg.train.pad_vocab_multiple)
         model, paths = prepare_model(model, accelerator.device, cfg.train, compile_in_place=False)
+        self.fast_paths = paths
         self.cross_entropy = paths.cross_entropy()
         optimizer = build_optimizer(model, cfg.optimizer)
         self.schedule = Schedule(cfg.optimizer, cfg.train.max_steps)
