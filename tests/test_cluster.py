@@ -139,7 +139,7 @@ echo finished > "$RECORD/srun.result"
 """
 SCONTROL = """#!/usr/bin/env bash
 # stand-in: node names, and requeue requests recorded
-if [ "$1" = show ]; then printf 'node-a\\nnode-b\\n'; else echo "$*" >> "$RECORD/scontrol"; fi
+if [ "$1" = show ]; then printf '%s\\n' ${HOSTS:-node-a node-b}; else echo "$*" >> "$RECORD/scontrol"; fi
 """
 
 
@@ -195,3 +195,46 @@ def test_the_slurm_script_does_not_requeue_a_finished_run_and_logs_where_slurm_c
     lines = (REPO / "scripts" / "slurm_pretrain.sh").read_text().splitlines()
     output = next(line for line in lines if line.startswith("#SBATCH --output="))
     assert "/" not in output  # SLURM opens the log before the script runs: no folder it would have to make
+
+
+def test_a_time_limit_signal_saves_a_checkpoint_requeues_and_exits_zero(tiny_data, tmp_path):
+    """The whole path with one real node: the SLURM script, srun (a stand-in that runs its command), the
+    launcher and a tiny run; USR1 as before the time limit -> a checkpoint, `scontrol requeue`, exit 0."""
+    import signal
+    import time
+
+    from bert import checkpoint as ckpt
+
+    bin_dir, record = tmp_path / "bin", tmp_path / "record"
+    bin_dir.mkdir()
+    record.mkdir()
+    (bin_dir / "srun").write_text('#!/usr/bin/env bash\nwhile [[ "$1" == --* ]]; do shift; done\nexec "$@"\n')
+    (bin_dir / "scontrol").write_text(SCONTROL)
+    for name in ("srun", "scontrol"):
+        (bin_dir / name).chmod(0o755)
+    run = tmp_path / "run"
+    env = {
+        **os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "RECORD": str(record),
+        "BERT_VENV": str(Path(sys.executable).parent.parent), "SLURM_SUBMIT_DIR": str(REPO),
+        "SLURM_JOB_ID": str(_free_port()), "SLURM_NNODES": "1", "SLURM_JOB_NODELIST": "localhost",
+        "GPUS_PER_NODE": "1", "OMP_NUM_THREADS": "1", "BERT_STOP_FILE": str(tmp_path / "stop"),
+        "HOSTS": "127.0.0.1", "MASTER_PORT": str(_free_port()),
+    }  # fmt: skip
+    env.pop("RANK", None)
+    overrides = tiny_overrides(
+        tiny_data, run, "train.max_steps=100000", "train.save_every=0", "train.eval_every=0"
+    )
+    script = REPO / "scripts" / "slurm_pretrain.sh"
+    proc = subprocess.Popen(
+        ["bash", str(script), "configs/pretrain/demo.yaml", *overrides],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run / "metrics.jsonl").exists():
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGUSR1)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-3000:]
+    assert "stop signal: saved step" in out and ckpt.latest_checkpoint(run) is not None
+    assert (record / "scontrol").read_text().split()[0] == "requeue"
