@@ -1,7 +1,7 @@
 """The `bert` command line: one frame for every subcommand.
 
     bert <command> CONFIG.yaml [key=value ...]     (prepare, pretrain, finetune)
-    bert <command> [plain flags]                   (evaluate, export, inspect, bench)
+    bert <command> [plain flags]                   (evaluate, export, inspect, bench, plot)
 
 This file owns argument parsing and error reporting only; each handler imports its module lazily so that
 `bert --help` answers at once, without importing torch. Errors the user can fix (a bad config, a missing
@@ -141,6 +141,14 @@ def _run_inspect(args: argparse.Namespace) -> int:
     from bert.data.show import run_inspect
 
     run_inspect(args)
+    return 0
+
+
+def _run_plot(args: argparse.Namespace) -> int:
+    from bert.plot import plot_runs
+
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
+    print(f"wrote {plot_runs(args.runs, args.out, metrics)}")
     return 0
 
 
@@ -322,6 +330,27 @@ def build_parser() -> argparse.ArgumentParser:
         "checkpoint", help="checkpoint step folder (or a run folder: its latest complete checkpoint)"
     )
     p.add_argument("output", help="folder to write the model to")
+
+    p = _add(
+        sub,
+        "plot",
+        "draw the curves of one or several runs into a PNG (no server)",
+        """
+        Read each run folder's metrics.jsonl (pretraining) or metrics.json (fine-tuning, every seed) and draw
+        one panel per metric with every run's curve, labelled by run name: the losses and accuracies by
+        default, or the metrics you name. Needs matplotlib (the `plots` extra).
+        """,
+        """
+        bert plot runs/demo runs/demo_long --out runs/compare.png
+        bert plot runs/demo --metrics train/loss,eval/mlm_accuracy
+        """,
+        _run_plot,
+    )
+    p.add_argument("runs", nargs="+", help="run folders (train.output_dir of bert pretrain or bert finetune)")
+    p.add_argument("--out", default="plot.png", help="the PNG to write (default plot.png)")
+    p.add_argument(
+        "--metrics", default=None, help="comma-separated metric names (default: losses, accuracies)"
+    )
 
     p = _add(
         sub,

@@ -320,6 +320,14 @@ class LoggingConfig:
     """Project name in wandb and the tracker folder name."""
     run_name: str | None = None
     """Run name shown in the dashboard (None: the output folder's name)."""
+    group: str | None = None
+    """wandb group of the run (e.g. an experiment; `bert glue` groups by model when unset)."""
+    tags: list[str] = field(default_factory=list)
+    """wandb tags of the run."""
+    notes: str | None = None
+    """wandb notes: a sentence on what the run tries."""
+    job_type: str | None = None
+    """wandb job type (None: the command's: pretrain, finetune; `bert glue` sets glue)."""
     wandb_mode: Literal["auto", "online", "offline", "disabled"] = "auto"
     """auto: online when logged in to wandb, offline otherwise (sync later with `wandb sync`)."""
     progress_bar: bool = True

@@ -62,10 +62,20 @@ def find_tasks(data_dir: Path, wanted: list[str] | None = None) -> list[str]:
     return found
 
 
+def model_label(model_dir: str | Path) -> str:
+    """A model's name for dashboards: its folder, or the run's folder for an `export`, `best` or step
+    folder (runs/bert_base/export -> bert_base; runs/ft/mrpc/seed_1/best -> mrpc)."""
+    path = Path(model_dir).resolve()
+    while path.name in ("export", "best") or path.name.startswith(("step_", "seed_", "checkpoints")):
+        path = path.parent
+    return path.name or "model"
+
+
 def task_config(
-    task: str, model_path: Path, data_dir: Path, output: Path, overrides: list[str]
+    task: str, model_path: Path, data_dir: Path, output: Path, overrides: list[str], label: str = "model"
 ) -> FinetuneConfig:
-    """The task's recipe with the model, its data folder, its output folder and the user's overrides."""
+    """The task's recipe with the model, its data folder, its output folder and the user's overrides; its
+    dashboard runs are named `<model>-<task>[-seed<N>]` and grouped by model (overrides may change both)."""
     return load_config(
         FinetuneConfig,
         CONFIG_ROOT / "finetune" / f"{task}.yaml",
@@ -73,6 +83,9 @@ def task_config(
             f"model_path={model_path}",
             f"task.data_dir={data_dir / GLUE_FOLDERS[task]}",
             f"train.output_dir={output / task}",
+            f"logging.run_name={label}-{task}",
+            f"logging.group={label}",
+            "logging.job_type=glue",
             *overrides,
         ],
     )
@@ -96,7 +109,8 @@ def run_glue(
     output = Path(output) if output else Path("runs") / "glue" / Path(model_dir).resolve().name
     names = find_tasks(data_dir, tasks)
     model_path = resolve_model_path(model_dir, output)  # a checkpoint is exported once, for every task
-    configs = {t: task_config(t, model_path, data_dir, output, list(overrides)) for t in names}
+    label = model_label(model_dir)
+    configs = {t: task_config(t, model_path, data_dir, output, list(overrides), label) for t in names}
     summaries = {}
     for name, cfg in configs.items():
         results_file = Path(cfg.train.output_dir) / "results.json"
@@ -118,7 +132,7 @@ def run_glue(
     fs.atomic_write_text(output / "glue.md", table + "\n")
     print(table)
     print(f"written: {output / 'glue.json'}, {output / 'glue.md'}")
-    log_to_dashboards(verdict, table, next(iter(configs.values())), output)
+    log_to_dashboards(verdict, table, next(iter(configs.values())), output, label)
     return verdict
 
 
@@ -176,11 +190,16 @@ def markdown(verdict: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def log_to_dashboards(verdict: dict[str, Any], table: str, cfg: FinetuneConfig, output: Path) -> None:
-    """The verdict in TensorBoard (scalars and the table as text) and wandb (a table), as configured."""
+def log_to_dashboards(
+    verdict: dict[str, Any], table: str, cfg: FinetuneConfig, output: Path, label: str = "model"
+) -> None:
+    """The verdict in TensorBoard (scalars and the table as text) and wandb (a table and the average in the
+    summary, in the model's group), as configured."""
     from bert.tracking import tracker_setup
 
-    trackers, init_kwargs = tracker_setup(cfg.logging, _run_id(output), f"glue-{output.name}", str(output))
+    trackers, init_kwargs = tracker_setup(
+        cfg.logging, _run_id(output), f"{label}-glue", str(output), job_type="glue", group=label
+    )
     if "tensorboard" in trackers:
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -197,10 +216,17 @@ def log_to_dashboards(verdict: dict[str, Any], table: str, cfg: FinetuneConfig, 
         import wandb
 
         kwargs = init_kwargs.get("wandb", {})
-        run = wandb.init(project=cfg.logging.project, config={"model": verdict["model"]}, **kwargs)
+        kwargs["config"] = {"model": verdict["model"], "seeds": verdict.get("seeds")}
+        run = wandb.init(project=cfg.logging.project, **kwargs)
         columns = ["task", "metric", "mean", "std", "seeds"]
         rows = [[e["entry"], e["metric"], e["mean"], e["std"], e["n"]] for e in verdict["entries"]]
         run.log({"glue/table": wandb.Table(columns=columns, data=rows), "glue/average": verdict["average"]})
+        run.summary.update(
+            {
+                "glue/average": verdict["average"],
+                **{f"glue/{e['entry']}": e["mean"] for e in verdict["entries"]},
+            }
+        )
         run.finish()
 
 

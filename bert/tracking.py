@@ -11,7 +11,12 @@ This file owns the decisions around `accelerator.init_trackers`:
   back on resume (`{"wandb": {"id": ..., "resume": "allow"}}`) so the curves continue with increasing steps;
   TensorBoard is told to hide the events of steps after the resumed one (`purge_step`), which a crashed
   run had logged and the resumed run logs again;
-- hyper-parameters flattened to scalars (TensorBoard's hparams accepts only those), secrets left out;
+- the config, secrets left out: nested with its real types for wandb (`nested_config`); flat and typed for
+  TensorBoard's HParams view (`typed_hparams`: booleans stay booleans, lists as text, nulls left out), written
+  into the run's OWN event file with the names of the metrics to compare (`start_trackers`), so the view
+  links each run's hyper-parameters to its curves, and one TensorBoard run stays one run across resumes;
+- wandb's group, tags, notes and job type (pretrain, finetune, glue), and the final metrics in the run
+  summary (`finish_trackers`);
 - `MetricsFile`: metrics.jsonl, the plain-text copy of the dashboard, one line per logged step, cut back on
   resume to the lines the checkpoint had seen, so that every step appears once.
 Trackers are a no-op when `logging.trackers` is empty.
@@ -83,9 +88,17 @@ def wandb_mode(cfg: LoggingConfig) -> str:
 
 
 def tracker_setup(
-    cfg: LoggingConfig, run_id: str, run_name: str, run_dir: str, resumed_step: int = 0
+    cfg: LoggingConfig,
+    run_id: str,
+    run_name: str,
+    run_dir: str,
+    resumed_step: int = 0,
+    job_type: str | None = None,
+    config: Any = None,
+    group: str | None = None,
 ) -> tuple[list[str], dict]:
-    """(log_with, init_kwargs) for `Accelerator(log_with=...)` and `accelerator.init_trackers`."""
+    """(log_with, init_kwargs) for `Accelerator(log_with=...)` and `start_trackers`; `config` goes to wandb
+    nested and typed, `group` is the default when logging.group is unset."""
     trackers = [t for t in cfg.trackers if t]
     init_kwargs: dict[str, Any] = {}
     if "tensorboard" in trackers and resumed_step:
@@ -102,18 +115,87 @@ def tracker_setup(
                 "name": run_name,
                 "dir": run_dir,
                 "mode": mode,
+                "group": cfg.group or group,
+                "tags": list(cfg.tags) or None,
+                "notes": cfg.notes,
+                "job_type": job_type,
+                "config": nested_config(config) if config is not None else None,
             }
     return trackers, init_kwargs
 
 
-def hparams(config: Any) -> dict[str, Any]:
-    """The resolved config as flat scalars (lists and None become strings), secrets left out."""
-    flat = flatten(to_dict(config))
-    out: dict[str, Any] = {}
+def start_trackers(
+    accelerator: Any, project: str, config: Any, init_kwargs: dict, metrics: list[str], step: int = 0
+) -> None:
+    """Start the trackers; TensorBoard gets the typed hyper-parameters in the run's own event file, linked to
+    `metrics` (the tags its HParams view compares runs by), when the run starts (`step` 0): TensorBoard keeps
+    the first hyper-parameters a run wrote, so a resumed launch writes none (settings changed on resume are
+    named in its log, and config.yaml holds them). Accelerate is given no config: it would flatten it to
+    strings for wandb and write TensorBoard's hyper-parameters into a new timestamped sub-run."""
+    accelerator.init_trackers(project, init_kwargs=init_kwargs)
+    if not accelerator.is_main_process or step:
+        return
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+            writer = tracker.writer
+            values = typed_hparams(config)
+            for summary in hparams_summary(values, dict.fromkeys(metrics, 0.0)):
+                writer.file_writer.add_summary(_booleans_as_booleans(summary, values))
+            writer.flush()
+
+
+def _booleans_as_booleans(summary: Any, values: dict[str, Any]) -> Any:
+    """torch's `hparams` summary stores booleans as numbers (bool is an int to Python): restore their type
+    in the session's values and the experiment's declared types."""
+    from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+
+    booleans = {k: v for k, v in values.items() if isinstance(v, bool)}
+    item = summary.value[0]
+    data = plugin_data_pb2.HParamsPluginData.FromString(item.metadata.plugin_data.content)
+    kind = data.WhichOneof("data")
+    if kind == "session_start_info":
+        for name, value in booleans.items():
+            data.session_start_info.hparams[name].bool_value = value
+    elif kind == "experiment":
+        for info in data.experiment.hparam_infos:
+            if info.name in booleans:
+                info.type = api_pb2.DATA_TYPE_BOOL
+    item.metadata.plugin_data.content = data.SerializeToString()
+    return summary
+
+
+def finish_trackers(accelerator: Any, summary: dict[str, Any] | None = None) -> None:
+    """Put the final metrics in the wandb run's summary, then close every tracker (they can be started again:
+    fine-tuning starts one run per seed). Unlike `accelerator.end_training`, the process group stays."""
+    for tracker in accelerator.trackers:
+        if tracker.name == "wandb" and summary and accelerator.is_main_process:
+            tracker.run.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float, str))})
+        tracker.finish()
+    accelerator.trackers = []
+
+
+def nested_config(config: Any) -> dict[str, Any]:
+    """The config as nested dicts with its real types (lists, None, booleans), secrets left out."""
+
+    def clean(value: Any, path: str) -> Any:
+        if isinstance(value, dict):
+            return {k: clean(v, f"{path}.{k}" if path else k) for k, v in value.items() if not is_secret(k)}
+        return value
+
+    return clean(to_dict(config) if not isinstance(config, dict) else config, "")
+
+
+def typed_hparams(config: Any) -> dict[str, bool | int | float | str]:
+    """Flat hyper-parameters for TensorBoard's HParams view: booleans, numbers and strings keep their type,
+    lists become JSON text, None is left out (the view has no null); secrets left out."""
+    flat = flatten(to_dict(config) if not isinstance(config, dict) else config)
+    out: dict[str, bool | int | float | str] = {}
     for key, value in flat.items():
-        if is_secret(key):
+        if is_secret(key) or value is None:
             continue
-        out[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
+        out[key] = value if isinstance(value, (bool, int, float, str)) else json.dumps(value)
     return out
 
 

@@ -225,8 +225,10 @@ def test_a_time_limit_signal_saves_a_checkpoint_requeues_and_exits_zero(tiny_dat
         tiny_data, run, "train.max_steps=100000", "train.save_every=0", "train.eval_every=0"
     )
     script = REPO / "scripts" / "slurm_pretrain.sh"
+    config = tmp_path / "tiny.yaml"  # the defaults, as the other tiny runs (and their prepared data) use
+    config.write_text("{}\n")
     proc = subprocess.Popen(
-        ["bash", str(script), "configs/pretrain/demo.yaml", *overrides],
+        ["bash", str(script), str(config), *overrides],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     deadline = time.time() + 120

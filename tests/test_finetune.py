@@ -142,7 +142,7 @@ def test_finetune_tiny_model_learns_and_writes_outputs(tiny_run):
     result = json.loads((tiny_run / "metrics.json").read_text())
     history = result["history"]
     assert len(history) == 4
-    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert history[-1]["train/epoch_loss"] < history[0]["train/epoch_loss"]
     assert result["dev"]["dev"]["accuracy"] >= 0.85  # chance is about 0.5
     assert result["dev"]["dev"]["accuracy"] == max(h["dev/accuracy"] for h in history)
     best = tiny_run / "best"

@@ -152,3 +152,32 @@ def test_glue_on_the_shared_mrpc_data(tmp_path):
     assert main(args) == 0
     entry = json.loads((out / "glue.json").read_text())["entries"][0]
     assert entry["entry"] == "mrpc" and 0.0 < entry["mean"] <= 1.0 and entry["n"] == 1
+
+
+def test_glue_runs_of_two_models_are_named_and_grouped_by_model(glue_setup, tmp_path, monkeypatch):
+    """Each (task, seed) is one wandb run named <model>-<task>-seed<N>, grouped by model, job type glue;
+    the verdict is a run of its own in the same group."""
+    from tests.wandb_records import run_info
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    model, data, root = glue_setup
+    other = make_tiny_model(tmp_path / "other_model")
+    seen = {}
+    for path in (model, other):
+        out = tmp_path / f"glue_{path.name}"
+        args = ["glue", str(path), "--data", str(data), "--output", str(out), "--tasks", "mrpc", *COMMON]
+        assert main([*args[:-1], "logging.trackers=[wandb,tensorboard]"]) == 0
+        for folder in out.rglob("offline-run-*"):
+            info = run_info(folder)
+            seen[info["name"]] = (info["group"], info["job_type"])
+        assert (out / "mrpc" / "seed_1" / "bert").is_dir()  # each seed's TensorBoard run in its own folder
+    label = model.name
+    assert seen == {
+        f"{label}-mrpc-seed1": (label, "glue"),
+        f"{label}-mrpc-seed2": (label, "glue"),
+        f"{label}-glue": (label, "glue"),
+        "other_model-mrpc-seed1": ("other_model", "glue"),
+        "other_model-mrpc-seed2": ("other_model", "glue"),
+        "other_model-glue": ("other_model", "glue"),
+    }

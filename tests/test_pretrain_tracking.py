@@ -4,7 +4,7 @@ import pytest
 
 from bert import tracking
 from bert.config import LoggingConfig, PretrainConfig
-from bert.tracking import MetricsFile, hparams, new_run_id, tracker_setup, wandb_mode
+from bert.tracking import MetricsFile, nested_config, new_run_id, tracker_setup, typed_hparams, wandb_mode
 from tests.pretrain_utils import prepare_tiny, pretrain_here
 
 
@@ -34,13 +34,19 @@ def test_resumed_run_keeps_its_id(monkeypatch, tmp_path):
     assert kwargs["wandb"]["id"] == run_id and kwargs["wandb"]["resume"] == "allow"
 
 
-def test_hparams_are_flat_scalars_and_every_config_key_reaches_the_dashboard():
-    flat = hparams(PretrainConfig())
-    assert flat["train.max_steps"] == 1000 and isinstance(flat["data.corpus"], str)
+def test_hparams_are_flat_typed_scalars_and_every_set_config_key_reaches_the_dashboard():
+    flat = typed_hparams(PretrainConfig())
+    assert flat["train.max_steps"] == 1000 and flat["data.corpus"] == "[]"
+    assert flat["train.compile"] is False and flat["logging.trackers"] == '["tensorboard"]'
     assert all(isinstance(v, (int, float, str, bool)) for v in flat.values())
     # Names that merely contain "token" or "key" are not secrets.
-    assert "model.pad_token_id" in flat and "data.tokenizer" in flat
-    assert len(flat) == len(tracking.flatten(tracking.to_dict(PretrainConfig())))
+    assert "model.pad_token_id" in flat and "data.tokenizer" in typed_hparams(
+        {"data": {"tokenizer": "v.txt"}}
+    )
+    every = tracking.flatten(tracking.to_dict(PretrainConfig()))
+    assert set(flat) == {k for k, v in every.items() if v is not None}  # only nulls left out
+    nested = nested_config(PretrainConfig())
+    assert nested["train"]["max_time"] is None and nested["data"]["corpus"] == []
 
 
 def test_secret_named_keys_never_reach_the_dashboard():
@@ -49,8 +55,8 @@ def test_secret_named_keys_never_reach_the_dashboard():
         "remote": {"token": "s3cret-4", "client_secret": "s3cret-5"},
         "model": {"pad_token_id": 0, "keyframe": 3},
     }
-    flat = hparams(config)
-    assert "s3cret" not in repr(flat)
+    flat = typed_hparams(config)
+    assert "s3cret" not in repr(flat) and "s3cret" not in repr(nested_config(config))
     assert flat == {"model.pad_token_id": 0, "model.keyframe": 3}
 
 
@@ -106,3 +112,58 @@ def test_a_run_writes_tensorboard_events_and_an_offline_wandb_run(monkeypatch, t
     assert len(offline) == 1
     records = list(offline[0].glob("*.wandb"))
     assert len(records) == 1 and b"eval/nsp_accuracy" in records[0].read_bytes()
+
+
+def _hparams_plugin(run_folder):
+    """(metric tags of the experiment, {hparam: typed value}) from a TensorBoard run folder's own events."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    events = EventAccumulator(str(run_folder)).Reload()
+    content = events.PluginTagToContent("hparams")
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    session = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    values = {}
+    for name, value in session.session_start_info.hparams.items():
+        kind = value.WhichOneof("kind")
+        values[name] = getattr(value, kind)
+    return [m.name.tag for m in experiment.metric_infos], values, events
+
+
+@pytest.mark.e2e
+def test_one_tensorboard_run_across_a_resume_with_typed_hyperparameters_linked_to_metrics(tmp_path):
+    pytest.importorskip("tensorboard")
+    cache, run = tmp_path / "prepared", tmp_path / "run"
+    prepare_tiny(cache)
+    pretrain_here(cache, run, "logging.trackers=[tensorboard]", "train.max_steps=3", "train.eval_every=3")
+    pretrain_here(cache, run, "logging.trackers=[tensorboard]", "train.max_steps=6", "train.eval_every=3")
+    folder = run / "bert"
+    assert [p for p in folder.iterdir() if p.is_dir()] == []  # no timestamped sub-runs
+    metrics, values, events = _hparams_plugin(folder)
+    assert "eval/mlm_loss" in metrics and "eval/mlm_loss" in events.Tags()["scalars"]  # linked to a curve
+    # the run's hyper-parameters as it started (TensorBoard keeps the first; config.yaml has the current)
+    assert values["train.compile"] is False and values["train.max_steps"] == 3.0
+    assert values["data.corpus"] == '["synthetic"]' and "train.max_time" not in values  # None left out
+    steps = [e.step for e in events.Scalars("train/loss")]
+    assert steps == [1, 2, 3, 4, 5, 6]  # one run, every step once
+
+
+@pytest.mark.e2e
+def test_the_wandb_run_has_the_nested_typed_config_group_tags_notes_and_job_type(monkeypatch, tmp_path):
+    from tests.wandb_records import run_info
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cache, run = tmp_path / "prepared", tmp_path / "run"
+    prepare_tiny(cache)
+    pretrain_here(
+        cache, run, "logging.trackers=[wandb]", "train.max_steps=2", "logging.group=ablation",
+        "logging.tags=[tiny,cpu]", "logging.notes=a first look", "logging.run_name=tiny-1",
+    )  # fmt: skip
+    (folder,) = (run / "wandb").glob("offline-run-*")
+    info = run_info(folder)
+    assert (info["name"], info["group"], info["job_type"]) == ("tiny-1", "ablation", "pretrain")
+    assert info["tags"] == ["tiny", "cpu"] and info["notes"] == "a first look"
+    config = info["config"]
+    assert config["train"]["max_steps"] == 2 and config["train"]["compile"] is False
+    assert config["data"]["corpus"] == ["synthetic"] and config["train"]["max_time"] is None

@@ -73,22 +73,25 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
             + f" pairs; model {cfg.model_path}; {accelerator.num_processes} process(es) on {accelerator.device}",
             flush=True,
         )
-    if trackers:
-        from bert.tracking import hparams
-
-        accelerator.init_trackers(cfg.logging.project, config=hparams(cfg), init_kwargs=init_kwargs)
     seeds = list(cfg.train.seeds)
     results = []
     for seed in seeds:
         run_dir = out if len(seeds) == 1 else out / f"seed_{seed}"
-        prefix = "" if len(seeds) == 1 else f"seed_{seed}/"
         done = finished_seed(run_dir, cfg, seed)
         if done is not None:
             if accelerator.is_main_process:
                 print(f"seed {seed}: finished earlier with these settings ({run_dir / 'metrics.json'})")
             results.append(done)
             continue
-        results.append(train_one_seed(cfg, task, data, accelerator, seed, run_dir, prefix))
+        if trackers:  # one dashboard run per seed, grouped (bert/tracking.py)
+            _start_seed_trackers(accelerator, cfg, task, seed, run_dir, several=len(seeds) > 1)
+        result = train_one_seed(cfg, task, data, accelerator, seed, run_dir)
+        if trackers:
+            from bert.tracking import finish_trackers
+
+            best = {f"best/{split}/{k}": v for split, m in result["dev"].items() for k, v in m.items()}
+            finish_trackers(accelerator, {**best, "best/epoch": result["best_epoch"]})
+        results.append(result)
     summary = summarise(task, results)
     if accelerator.is_main_process:
         fs.atomic_write_text(out / "results.json", json.dumps(summary, indent=2) + "\n")
@@ -104,7 +107,6 @@ def train_one_seed(
     accelerator: Any,
     seed: int,
     run_dir: Path,
-    prefix: str,
 ) -> dict[str, Any]:
     from accelerate.utils import set_seed
 
@@ -164,7 +166,7 @@ def train_one_seed(
             if step % train_cfg.log_every == 0:
                 mean_loss = loss_sum.item() / loss_count
                 progress.update(1, loss=mean_loss)
-                accelerator.log({f"{prefix}train/loss": loss.item(), f"{prefix}train/lr": lr}, step=step)
+                accelerator.log({"train/loss": mean_loss, "train/lr": lr}, step=step)
             else:
                 progress.update(1)
             if step >= total_steps:
@@ -178,10 +180,10 @@ def train_one_seed(
         }
         if release_every:
             release_freed_memory()
-        record = {"epoch": epoch + 1, "step": step, "train_loss": loss_sum.item() / max(loss_count, 1)}
+        record = {"epoch": epoch + 1, "step": step, "train/epoch_loss": loss_sum.item() / max(loss_count, 1)}
         record.update({f"{name}/{k}": v for name, m in dev_metrics.items() for k, v in m.items()})
         history.append(record)
-        accelerator.log({f"{prefix}{k}": v for k, v in record.items() if k != "step"}, step=step)
+        accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
         value = dev_metrics[main_split][task.main_metric]
         improved = value > best or best_state is None
         if improved:
@@ -193,7 +195,7 @@ def train_one_seed(
         if accelerator.is_main_process:
             shown = "  ".join(f"{name} {k} {v:.4f}" for name, m in dev_metrics.items() for k, v in m.items())
             progress.write(
-                f"seed {seed} epoch {epoch + 1}: train loss {record['train_loss']:.4f}  {shown}"
+                f"seed {seed} epoch {epoch + 1}: train loss {record['train/epoch_loss']:.4f}  {shown}"
                 + ("  (best)" if improved else "")
             )
         if step >= total_steps:
@@ -350,6 +352,26 @@ def finished_seed(run_dir: Path, cfg: FinetuneConfig, seed: int) -> dict[str, An
     except (OSError, ValueError):
         return None
     return result if result.get("settings") == settings_fingerprint(cfg, seed) else None
+
+
+def _start_seed_trackers(
+    accelerator: Any, cfg: FinetuneConfig, task: Task, seed: int, run_dir: Path, several: bool
+) -> None:
+    """The dashboard run of one seed: named `<run name>-seed<N>` and grouped by the run name when there are
+    several seeds (unless logging.group says otherwise), its TensorBoard events in the seed's folder."""
+    from bert.tracking import start_trackers, tracker_setup
+
+    output = Path(cfg.train.output_dir)
+    base = cfg.logging.run_name or output.name
+    name = f"{base}-seed{seed}" if several else base
+    run_id = hashlib.sha1(f"{output.resolve()}#{seed if several else ''}".encode()).hexdigest()[:8]
+    accelerator.project_configuration.logging_dir = str(run_dir)
+    _, init_kwargs = tracker_setup(
+        cfg.logging, run_id, name, str(run_dir), job_type=cfg.logging.job_type or "finetune", config=cfg,
+        group=base if several else None,
+    )  # fmt: skip
+    metrics = ["train/loss", *(f"{split}/{task.main_metric}" for split in task.split_names("dev"))]
+    start_trackers(accelerator, cfg.logging.project, cfg, init_kwargs, metrics)
 
 
 def _accelerator(cfg: FinetuneConfig, with_trackers: bool) -> tuple[Any, list[str], dict]:

@@ -24,7 +24,7 @@ from bert.optim import Schedule, apply_hyperparameters, build_optimizer
 from bert.pretrain.step import Pace, RunState, TrainingParts, forward_functions, skips_on_device
 from bert.progress import Progress
 from bert.sampler import EpochDataset, ShardedBatchSampler
-from bert.tracking import MetricsFile, hparams, new_run_id, tracker_setup
+from bert.tracking import MetricsFile, finish_trackers, new_run_id, start_trackers, tracker_setup
 from bert.training import (
     StopSignal,
     all_reduce_sum,
@@ -350,9 +350,13 @@ class Run:
             cfg.logging.run_name or self.run_dir.resolve().name,
             str(self.run_dir),
             resumed_step=self.state.step,
+            job_type="pretrain",
+            config=cfg,
         )
         if trackers:
-            accelerator.init_trackers(cfg.logging.project, config=hparams(cfg), init_kwargs=init_kwargs)
+            start_trackers(
+                accelerator, cfg.logging.project, cfg, init_kwargs, PRETRAIN_METRICS, self.state.step
+            )
             self.trackers_started = True
         self.progress = Progress(
             cfg.train.max_steps,
@@ -459,6 +463,8 @@ class Run:
         if self.progress is not None:
             self.progress.close()
         if self.trackers_started:
+            last = self.state.last_eval
+            finish_trackers(self.accelerator, {f"eval/{k}": v for k, v in last.items() if k != "step"})
             self.accelerator.end_training()
         self.stop.restore()
         if self.lock is not None:
@@ -466,6 +472,9 @@ class Run:
 
 
 # ------------------------------------------------------------------------------------------ set-up helpers
+
+PRETRAIN_METRICS = ["train/loss", "eval/mlm_loss", "eval/mlm_accuracy", "eval/nsp_accuracy"]
+"""The metrics TensorBoard's HParams view compares pretraining runs by."""
 
 
 def _compat_keys(cfg: PretrainConfig, tokenizer_dir: Path, num_processes: int) -> dict[str, Any]:
