@@ -98,17 +98,26 @@ def _manifest(folder: Path) -> dict[str, dict[str, Any]] | None:
     return manifest
 
 
-def is_complete(folder: str | Path) -> bool:
-    """The marker is there and every file it lists exists with its recorded size (no hashing)."""
+def cheap_problem(folder: str | Path) -> str | None:
+    """What the cheap check finds wrong with a step folder (no hashing), or None when it looks complete: the
+    marker is there and every file it lists exists with its recorded size. The one judgement of what a step
+    folder is: a folder is renamed into place only after its marker is written, so anything else is damage."""
     folder = Path(folder)
     manifest = _manifest(folder)
     if manifest is None:
-        return False
+        return f"{MARKER} missing or unreadable"
     for name, entry in manifest.items():
         path = folder / name
-        if not path.is_file() or path.stat().st_size != entry["size"]:
-            return False
-    return True
+        if not path.is_file():
+            return f"{name} missing"
+        if path.stat().st_size != entry["size"]:
+            return f"{name} has {path.stat().st_size} bytes, its marker says {entry['size']}"
+    return None
+
+
+def is_complete(folder: str | Path) -> bool:
+    """The marker is there and every file it lists exists with its recorded size (no hashing)."""
+    return cheap_problem(folder) is None
 
 
 def verify(folder: str | Path) -> str | None:
@@ -182,15 +191,24 @@ class Checkpointer:
     def main(self) -> bool:
         return self.accelerator.is_main_process
 
-    def clean(self) -> list[Path]:
-        """Main process, under the run lock: remove dead writers' temp folders and incomplete step folders."""
-        removed = fs.remove_stale_temps(self.root)
+    def clean(self, warn: Any = print) -> list[Path]:
+        """Main process, under the run lock: remove dead writers' temp folders (a crash's leftovers), and set
+        aside every damaged step folder, renamed, never deleted (it may hold the only copy of a user's
+        weights), each named in one line through `warn`. Returns the folders set aside."""
+        import time
+
+        fs.remove_stale_temps(self.root)
+        set_aside = []
         if self.root.is_dir():
-            for child in self.root.iterdir():
-                if _STEP_RE.match(child.name) and child.is_dir() and _manifest(child) is None:
-                    fs.remove_folder(child)  # no valid marker: a crash's leftover, never a checkpoint
-                    removed.append(child)
-        return removed
+            for child in sorted(self.root.iterdir()):
+                problem = cheap_problem(child) if _STEP_RE.match(child.name) and child.is_dir() else None
+                if problem is None:
+                    continue
+                target = child.with_name(f"{child.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
+                child.rename(target)
+                set_aside.append(target)
+                warn(f"checkpoint {child.name}: {problem}; set aside as {target.name} (not deleted)")
+        return set_aside
 
     def save(
         self,

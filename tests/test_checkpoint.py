@@ -102,9 +102,11 @@ def test_prune_keeps_the_newest_and_never_the_one_just_saved(tmp_path):
     assert not list((tmp_path / ckpt.CHECKPOINTS).glob(f"{fs.TEMP_PREFIX}*"))  # deleted by rename, then gone
 
 
-def test_clean_removes_dead_writers_folders_and_partial_step_folders_only(tmp_path):
+def test_clean_removes_dead_writers_folders_and_sets_damaged_step_folders_aside(tmp_path):
     good = _write(tmp_path, 2)
-    partial = ckpt.step_folder(tmp_path, 4)  # e.g. killed while pruning: files, no valid marker
+    # A step folder is renamed into place after its marker, and deleted by renaming it first: one without
+    # a valid marker is damage (it may hold a user's only weights), set aside, never deleted.
+    partial = ckpt.step_folder(tmp_path, 4)
     partial.mkdir()
     (partial / ckpt.MODEL).write_bytes(b"half")
     root = tmp_path / ckpt.CHECKPOINTS
@@ -117,11 +119,16 @@ def test_clean_removes_dead_writers_folders_and_partial_step_folders_only(tmp_pa
     class Main:
         is_main_process = True
 
+    warnings = []
     with fs.owner_lock(live):  # a live writer
-        removed = ckpt.Checkpointer(tmp_path, Main(), "t").clean()
+        set_aside = ckpt.Checkpointer(tmp_path, Main(), "t").clean(warnings.append)
         assert live.exists()
-    assert set(removed) == {partial, dead}
+    assert [p.name.split(".damaged-")[0] for p in set_aside] == ["step_0000004"]
+    assert (set_aside[0] / ckpt.MODEL).read_bytes() == b"half"  # kept
     assert good.exists() and not partial.exists() and not dead.exists()
+    assert warnings == [
+        f"checkpoint step_0000004: {ckpt.MARKER} missing or unreadable; set aside as {set_aside[0].name} (not deleted)"
+    ]
 
 
 def test_optimizer_state_round_trips_without_pickle(tmp_path):

@@ -290,3 +290,59 @@ def test_a_dead_prepares_temp_folder_is_removed_and_a_live_ones_kept(tiny_data):
         assert live.exists()
     assert not dead.exists()
     shutil.rmtree(live)
+
+
+# ------------------------------------------------------------------------ damaged checkpoints said aloud
+
+
+def test_the_only_checkpoint_with_a_wrong_size_refuses_and_loses_nothing(tiny_data, tmp_path, capsys):
+    run = tmp_path / "run"
+    pretrain_here(tiny_data, run, "train.max_steps=2", "train.save_every=0")
+    (only,) = ckpt.list_checkpoints(run)
+    model = only / ckpt.MODEL
+    model.write_bytes(model.read_bytes()[:-10])  # truncated
+    lines_before = (run / "metrics.jsonl").read_text()
+    export_before = (run / "export" / ckpt.MODEL).read_bytes()
+    with pytest.raises(UserError) as err:
+        pretrain_here(tiny_data, run, "train.max_steps=4", "train.save_every=0")
+    assert "no usable checkpoint left (1 damaged)" in str(err.value) and "\n" not in str(err.value)
+    warning = capsys.readouterr().err
+    assert f"checkpoint {only.name}: {ckpt.MODEL} has" in warning and "set aside as" in warning
+    (kept,) = (run / ckpt.CHECKPOINTS).glob(f"{only.name}.damaged-*")
+    assert (kept / ckpt.MODEL).exists()  # nothing deleted
+    assert (run / "metrics.jsonl").read_text() == lines_before  # not cut back to step 0
+    assert (run / "export" / ckpt.MODEL).read_bytes() == export_before  # not overwritten
+
+
+def test_a_missing_marker_is_named_and_the_previous_checkpoint_used(tiny_data, base_run, tmp_path, capsys):
+    run = _copy(base_run, tmp_path)
+    newest = ckpt.list_checkpoints(run)[-1]
+    (newest / ckpt.MARKER).unlink()
+    result = pretrain_here(tiny_data, run, *SAVE_EVERY_2, "train.max_steps=7")
+    warning = capsys.readouterr().err
+    assert f"checkpoint {newest.name}: {ckpt.MARKER} missing or unreadable; set aside as" in warning
+    assert result["step"] == 7 and list((run / ckpt.CHECKPOINTS).glob(f"{newest.name}.damaged-*"))
+
+
+def test_overwrite_in_a_requeued_command_resumes_instead_of_deleting_again(tiny_data, tmp_path, capsys):
+    run = tmp_path / "run"
+    command = ("train.resume=false", "train.overwrite=true", "train.max_steps=4", "train.save_every=1")
+    pretrain_here(tiny_data, run, "train.max_steps=2")  # an earlier run in the folder
+    assert pretrain_here(tiny_data, run, *command, faults=("SIGTERM@3",))["stopped"]  # overwrote, preempted
+    assert "removed the earlier run" in capsys.readouterr().out
+    result = pretrain_here(tiny_data, run, *command)  # the scheduler runs the same command again
+    out = capsys.readouterr().out
+    assert "resuming it, not deleting it" in out and "resumed from" in out and "(step 3," in out
+    assert result["step"] == 4
+    # another command with overwrite=true still starts over
+    pretrain_here(tiny_data, run, "train.resume=false", "train.overwrite=true", "train.max_steps=1")
+    assert "removed the earlier run" in capsys.readouterr().out
+
+
+def test_non_finite_hyperparameters_are_refused_at_load():
+    from bert.config import PretrainConfig, load_config
+    from bert.typed_yaml import ConfigError
+
+    for value in (".inf", "-.inf", ".nan"):
+        with pytest.raises(ConfigError, match=r"optimizer.lr: expected a finite number"):
+            load_config(PretrainConfig, None, [f"optimizer.lr={value}"])

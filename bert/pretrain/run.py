@@ -56,6 +56,8 @@ class Run:
         self.accelerator: Any = None
         self.progress: Progress | None = None
         self.trackers_started = False
+        self.set_aside: list[Path] = []
+        self.resuming = cfg.train.resume
 
     @classmethod
     def start(cls, cfg: PretrainConfig) -> Run:
@@ -266,9 +268,9 @@ class Run:
         if self.main:
             warn = lambda line: print(f"warning: {line}", file=sys.stderr, flush=True)  # noqa: E731
             if before is None:
-                self.checkpointer.clean()
-                self._fresh_start_rules()
-            if self.cfg.train.resume:
+                self.set_aside = self.checkpointer.clean(warn)
+                self.resuming = self._fresh_start_rules()
+            if self.resuming:
                 candidates = ckpt.list_checkpoints(self.run_dir)
                 if before is not None:
                     candidates = [c for c in candidates if c.name < before.name]
@@ -278,9 +280,11 @@ class Run:
                         chosen = str(folder)
                         break
                     warn(f"checkpoint {folder.name}: {problem}; trying the previous one")
-                if not chosen and candidates:
+                if not chosen and (candidates or self.set_aside):
+                    damaged = len(candidates) + len(self.set_aside)
                     raise UserError(
-                        f"{self.run_dir}: no usable checkpoint left ({len(candidates)} damaged); "
+                        f"{self.run_dir}: no usable checkpoint left ({damaged} damaged), kept in "
+                        f"{self.run_dir / ckpt.CHECKPOINTS}; refusing to start over on top of them: "
                         "train.resume=false train.overwrite=true starts over"
                     )
                 if chosen:
@@ -289,18 +293,28 @@ class Run:
         chosen = broadcast_token(self.accelerator, chosen)
         return Path(chosen) if chosen else None
 
-    def _fresh_start_rules(self) -> None:
-        """resume=false in a folder that holds a run: refuse, or with overwrite=true remove that run."""
+    def _fresh_start_rules(self) -> bool:
+        """Whether to resume. resume=false in a folder that holds a run: refuse, or with overwrite=true remove
+        that run, once: a run that this same command started by overwriting (a scheduler re-running it after
+        a preemption) is resumed, not deleted again."""
         if self.cfg.train.resume:
-            return
+            return True
         old = [self.run_dir / name for name in ("checkpoints", "export", "metrics.jsonl")]
         if not ckpt.list_checkpoints(self.run_dir) and not (self.run_dir / "export").exists():
-            return
+            self._mark_overwrite()
+            return False
         if not self.cfg.train.overwrite:
             raise UserError(
                 f"{self.run_dir} holds an earlier run (checkpoints or export) and train.resume=false: add "
                 "train.overwrite=true to delete it and start over, or choose another train.output_dir"
             )
+        marker = self.run_dir / OVERWRITE_MARKER
+        if marker.is_file() and marker.read_text().strip() == self._command_fingerprint():
+            self.print(
+                f"train.overwrite=true: {self.run_dir} holds the run this same command started (re-run after a "
+                "preemption?): resuming it, not deleting it"
+            )
+            return True
         for path in old:
             if path.is_dir():
                 fs.remove_folder(path)
@@ -311,6 +325,16 @@ class Run:
         self.print(
             f"train.overwrite=true: removed the earlier run's checkpoints, export and metrics in {self.run_dir}"
         )
+        self._mark_overwrite()
+        return False
+
+    def _command_fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(to_dict(self.cfg), sort_keys=True).encode()).hexdigest()[:16]
+
+    def _mark_overwrite(self) -> None:
+        """Remember which command started this run from scratch (train.resume=false)."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        fs.atomic_write_text(self.run_dir / OVERWRITE_MARKER, self._command_fingerprint() + "\n")
 
     def _logging(self) -> None:
         cfg, accelerator = self.cfg, self.accelerator
@@ -472,6 +496,9 @@ class Run:
 
 
 # ------------------------------------------------------------------------------------------ set-up helpers
+
+OVERWRITE_MARKER = ".started_fresh"
+"""In a run folder: the fingerprint of the command that started the run with train.resume=false."""
 
 PRETRAIN_METRICS = ["train/loss", "eval/mlm_loss", "eval/mlm_accuracy", "eval/nsp_accuracy"]
 """The metrics TensorBoard's HParams view compares pretraining runs by."""
