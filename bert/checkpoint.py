@@ -250,6 +250,7 @@ class Checkpointer:
                 (temp / META).write_text(json.dumps({"step": step, **meta}, indent=2) + "\n")
             accelerator.wait_for_everyone()
             if self.main:
+                fs.default_modes(temp)
                 fs.fsync_tree(temp)
                 write_marker(temp)
         finally:

@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import socket
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -72,6 +73,24 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def umask() -> int:
+    """This process's umask (read by setting it and setting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def default_modes(folder: Path) -> None:
+    """Give every file and folder below `folder` the permissions a plain `open()` would under the user's
+    umask: safetensors writes 0600 whatever the umask, so colleagues on a shared cluster could not read a
+    model or checkpoint."""
+    mask = umask()
+    for path in [folder, *folder.rglob("*")]:
+        if path.is_symlink():
+            continue
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
+
+
 def fsync_tree(folder: Path) -> None:
     for path in folder.rglob("*"):
         if path.is_file():
@@ -92,6 +111,7 @@ def atomic_folder(final: str | Path, token: str | None = None) -> Iterator[Path]
         try:
             yield temp
             (temp / _OWNER).unlink(missing_ok=True)
+            default_modes(temp)
             fsync_tree(temp)
             replace_folder(temp, final)
         except BaseException:
@@ -201,6 +221,15 @@ class RunLock:
                 f"or choose another train.output_dir"
             ) from None
         handle.seek(0)
+        previous = handle.read().strip()
+        if previous:  # a release clears the file: its holder ended without releasing it (killed, a crash)
+            print(
+                f"note: {self.folder}: taking over the lock of a {self.what} that ended without releasing it "
+                f"({previous})",
+                file=sys.stderr,
+                flush=True,
+            )
+        handle.seek(0)
         handle.truncate()
         info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
         handle.write(json.dumps(info) + "\n")
@@ -210,6 +239,9 @@ class RunLock:
 
     def release(self) -> None:
         if self.handle is not None:
+            self.handle.seek(0)
+            self.handle.truncate()  # empty: a clean release (a later holder says nothing)
+            self.handle.flush()
             self.handle.close()
             self.handle = None
 

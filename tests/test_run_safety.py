@@ -346,3 +346,49 @@ def test_non_finite_hyperparameters_are_refused_at_load():
     for value in (".inf", "-.inf", ".nan"):
         with pytest.raises(ConfigError, match=r"optimizer.lr: expected a finite number"):
             load_config(PretrainConfig, None, [f"optimizer.lr={value}"])
+
+
+# ---------------------------------------------------------------------------- metrics that tell the truth
+
+
+def test_the_evaluation_cut_by_a_stop_signal_is_done_after_the_resume(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    common = ("train.max_steps=6", "train.eval_every=3", "train.save_every=0")
+    assert pretrain_here(tiny_data, run, *common, faults=("SIGTERM@eval:3",))["stopped"]
+    assert not any("eval/mlm_loss" in m for m in metrics(run))  # the partial evaluation was not logged
+    pretrain_here(tiny_data, run, *common)
+    evals = [m["step"] for m in metrics(run) if "eval/mlm_loss" in m]
+    assert evals == [3, 6]
+
+
+def test_running_a_finished_run_again_logs_nothing_twice(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    pretrain_here(tiny_data, run, "train.max_steps=2", "train.save_every=0")
+    before = (run / "metrics.jsonl").read_text()
+    result = pretrain_here(tiny_data, run, "train.max_steps=2", "train.save_every=0")
+    assert (run / "metrics.jsonl").read_text() == before and result["metrics"]["step"] == 2
+
+
+def test_a_lock_left_by_a_killed_run_is_taken_over_with_a_word(tmp_path, capsys):
+    lock = fs.RunLock(tmp_path).acquire()
+    lock.release()
+    fs.RunLock(tmp_path).acquire().release()
+    assert "taking over" not in capsys.readouterr().err  # a clean release: nothing to say
+    (tmp_path / fs.RunLock.NAME).write_text('{"pid": 123, "host": "node7", "since": "2026-12-06 01:00:00"}\n')
+    fs.RunLock(tmp_path).acquire().release()  # the file of a run that was killed, its flock gone
+    note = capsys.readouterr().err
+    assert "taking over the lock of a run that ended without releasing it" in note and "node7" in note
+
+
+def test_exported_and_checkpointed_files_follow_the_umask(tiny_data, tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        run = tmp_path / "run"
+        pretrain_here(tiny_data, run, "train.max_steps=1")
+    finally:
+        os.umask(old)
+    for path in (run / "export" / ckpt.MODEL, ckpt.step_folder(run, 1) / ckpt.MODEL):
+        assert path.stat().st_mode & 0o777 == 0o644, (path, oct(path.stat().st_mode))
+    assert (run / "export").stat().st_mode & 0o777 == 0o755

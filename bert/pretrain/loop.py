@@ -53,6 +53,9 @@ def train(run: Run, hooks: TrainHooks) -> dict[str, Any]:
     window = Window(run.parts)
     if cfg.train.eval_at_start and state.step == 0:
         run.log("eval", evaluate(run.parts, run.eval_loader, state.step, hooks).metrics)
+    elif state.step and cfg.train.eval_every and state.step % cfg.train.eval_every == 0:
+        if not run.evaluated_at(state.step):  # a stop signal came during this step's evaluation: redo it
+            run.log("eval", evaluate(run.parts, run.eval_loader, state.step, hooks).metrics)
     while not budget.spent(state.step, *pace.estimate(state.step)):
         batches = [next(run.batches) for _ in range(k)]
         hooks.on_batches(state.step + 1, batches, accelerator.process_index)

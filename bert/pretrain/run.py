@@ -426,6 +426,9 @@ class Run:
             self.print(f"step {step} {kind}: {text}")
 
     def evaluated_at(self, step: int) -> bool:
+        """Whether the evaluation of `step` was logged, in this launch or (a checkpoint's) before it."""
+        if self.state.last_eval.get("step") == step:
+            return True
         return any(h["step"] == step and "eval/mlm_loss" in h for h in self.history)
 
     def save(self) -> Path | None:
@@ -477,6 +480,9 @@ class Run:
 
     def result(self, stopped: bool) -> dict[str, Any]:
         final = next((h for h in reversed(self.history) if "eval/mlm_loss" in h), None)
+        last = self.state.last_eval
+        if final is None and last:  # evaluated before this launch (a finished run run again)
+            final = {"step": last["step"], **{f"eval/{k}": v for k, v in last.items() if k != "step"}}
         out = {"step": self.state.step, "stopped": stopped, "history": self.history, "metrics": final}
         if not stopped:
             out["export"] = self.export_dir
