@@ -471,6 +471,18 @@ def main(argv: list[str] | None = None, hooks: Any = None) -> int:
     except UserError as err:
         print(f"bert {name}: error: {err}", file=sys.stderr)
         return err.exit_code
+    except OSError as err:
+        import errno
+
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f" writing {err.filename}" if err.filename else ""
+        print(
+            f"bert {name}: error: the disk is full{where}; the last complete checkpoint is intact: free space "
+            "(or lower train.keep_last) and run the same command again to resume",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

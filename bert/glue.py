@@ -20,6 +20,7 @@ tasks' training sets (the same subset for every seed) for a quick look or a CPU.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,10 @@ def find_tasks(data_dir: Path, wanted: list[str] | None = None) -> list[str]:
                 f"--tasks: unknown task(s) {', '.join(unknown)} (known: {', '.join(GLUE_FOLDERS)})"
             )
     found = [t for t in GLUE_FOLDERS if (data_dir / GLUE_FOLDERS[t] / "train.tsv").is_file()]
+    for task in GLUE_FOLDERS:
+        folder = data_dir / GLUE_FOLDERS[task]
+        if folder.is_dir() and task not in found and (not wanted or task in wanted):
+            print(f"warning: {folder} has no train.tsv: {task} is left out of the verdict", file=sys.stderr)
     if wanted:
         missing = [t for t in wanted if t not in found]
         if missing:

@@ -181,3 +181,11 @@ def test_glue_runs_of_two_models_are_named_and_grouped_by_model(glue_setup, tmp_
         "other_model-mrpc-seed2": ("other_model", "glue"),
         "other_model-glue": ("other_model", "glue"),
     }
+
+
+def test_a_task_folder_without_training_data_is_named(tmp_path, capsys):
+    data = make_glue_folder(tmp_path / "data")
+    (data / "STS-B" / "train.tsv").unlink()
+    assert find_tasks(data) == ["mrpc", "mnli"]
+    warning = capsys.readouterr().err
+    assert "STS-B has no train.tsv: stsb is left out of the verdict" in warning

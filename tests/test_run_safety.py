@@ -392,3 +392,54 @@ def test_exported_and_checkpointed_files_follow_the_umask(tiny_data, tmp_path):
     for path in (run / "export" / ckpt.MODEL, ckpt.step_folder(run, 1) / ckpt.MODEL):
         assert path.stat().st_mode & 0o777 == 0o644, (path, oct(path.stat().st_mode))
     assert (run / "export").stat().st_mode & 0o777 == 0o755
+
+
+# ------------------------------------------------------------------------------- one line, not a traceback
+
+
+def test_a_full_disk_is_one_line_and_the_last_checkpoint_stays(tiny_data, tmp_path, monkeypatch, capsys):
+    import errno
+
+    from tests.pretrain_utils import reset_accelerate, tiny_overrides
+
+    run = tmp_path / "run"
+    pretrain_here(tiny_data, run, "train.max_steps=2", "train.save_every=0")
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(run / "checkpoints" / "x"))
+
+    monkeypatch.setattr(ckpt.Checkpointer, "save", full)
+    reset_accelerate()
+    try:
+        code = main(["pretrain", *tiny_overrides(tiny_data, run, "train.max_steps=4", "train.save_every=0")])
+    finally:
+        reset_accelerate()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and err[-1].startswith("bert pretrain: error: the disk is full writing")
+    assert ckpt.latest_checkpoint(run).name == "step_0000002"
+
+
+def test_fewer_training_pairs_than_one_batch_is_one_line(tiny_data, tmp_path):
+    with pytest.raises(UserError, match="cannot fill one global batch.*smaller train.batch_size"):
+        pretrain_here(tiny_data, tmp_path / "run", "train.batch_size=100000")
+
+
+def test_a_pickled_or_unreadable_model_for_init_from_is_one_line(tiny_data, base_run, tmp_path):
+    import os
+
+    folder = tmp_path / "model"
+    shutil.copytree(base_run / "export", folder)
+    (folder / ckpt.MODEL).unlink()
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'ran'}",))
+
+    (folder / "pytorch_model.bin").write_bytes(pickle.dumps({"x": Payload()}))
+    with pytest.raises(UserError, match="not loadable as plain tensors.*nothing in it was run"):
+        pretrain_here(tiny_data, tmp_path / "run", "train.max_steps=1", f"train.init_from={folder}")
+    assert not (tmp_path / "ran").exists()
+    (folder / "pytorch_model.bin").unlink()
+    (folder / ckpt.MODEL).write_bytes(b"not safetensors at all")
+    with pytest.raises(UserError, match="unreadable"):
+        pretrain_here(tiny_data, tmp_path / "run2", "train.max_steps=1", f"train.init_from={folder}")

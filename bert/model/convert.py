@@ -49,9 +49,21 @@ def read_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
     if (folder / SAFETENSORS_NAME).is_file():
         from safetensors.torch import load_file
 
-        return load_file(str(folder / SAFETENSORS_NAME))
+        try:
+            return load_file(str(folder / SAFETENSORS_NAME))
+        except Exception as err:  # safetensors raises its own error types for a damaged file
+            raise UserError(f"{folder / SAFETENSORS_NAME}: unreadable ({str(err)[:120]})") from None
     if (folder / PYTORCH_NAME).is_file():
-        return torch.load(folder / PYTORCH_NAME, map_location="cpu", weights_only=True)
+        import pickle
+
+        try:  # weights_only: tensors only, no code from the file runs
+            return torch.load(folder / PYTORCH_NAME, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise UserError(
+                f"{folder / PYTORCH_NAME}: not loadable as plain tensors ({reason[:120]}); nothing in it was "
+                f"run. Convert it to {SAFETENSORS_NAME} where you trust it, or use a safetensors checkpoint"
+            ) from None
     raise UserError(f"{folder}: no {SAFETENSORS_NAME} or {PYTORCH_NAME} in the model folder")
 
 

@@ -338,16 +338,21 @@ class Run:
 
     def _logging(self) -> None:
         cfg, accelerator = self.cfg, self.accelerator
-        self.sampler = ShardedBatchSampler(
-            len(self.train_set),
-            cfg.train.batch_size,
-            accelerator.num_processes,
-            accelerator.process_index,
-            cfg.train.seed,
-            self.state.epoch,
-            self.state.index,
-            accumulation=cfg.train.gradient_accumulation_steps,
-        )
+        try:
+            self.sampler = ShardedBatchSampler(
+                len(self.train_set),
+                cfg.train.batch_size,
+                accelerator.num_processes,
+                accelerator.process_index,
+                cfg.train.seed,
+                self.state.epoch,
+                self.state.index,
+                accumulation=cfg.train.gradient_accumulation_steps,
+            )
+        except ValueError as err:  # fewer training pairs than one global batch
+            raise UserError(
+                f"{self.prepared}: {err}; use a larger corpus or a smaller train.batch_size"
+            ) from None
         cuda = accelerator.device.type == "cuda"
         workers = cfg.train.num_workers if cfg.train.num_workers is not None else (2 if cuda else 0)
         loader = DataLoader(
