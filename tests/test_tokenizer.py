@@ -86,3 +86,16 @@ def test_training_is_deterministic_with_alphabet():
     tok = train_tokenizer(TEXTS, vocab_size=300)
     assert sorted(str(t) for t in tok.get_added_tokens_decoder().values()) == sorted(SPECIAL_TOKENS)
     assert "##a" not in tok.encode("x ##a", add_special_tokens=False).tokens  # "##x" is not matched literally
+
+
+def test_a_line_without_spaces_does_not_stall_tokenizer_training():
+    """One 256k-character word took 23 s (quadratic in the word); it is left out of the statistics."""
+    import time
+
+    from bert.tokenizer import train_tokenizer
+
+    texts = ["the quick brown fox jumps over the lazy dog"] * 50 + ["x" * 256_000, "a normal line again"]
+    started = time.perf_counter()
+    tokenizer = train_tokenizer(texts, vocab_size=200)
+    assert time.perf_counter() - started < 5.0
+    assert tokenizer.encode("the quick fox").tokens[1:-1] == ["the", "quick", "fox"]

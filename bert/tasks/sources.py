@@ -214,11 +214,14 @@ def _read_delimited(
         for row in reader:
             if not row:
                 continue
-            if len(row) < len(header):
+            if len(row) != len(header):  # more fields: a tab inside a sentence would shift the columns
                 if skip_malformed:
                     malformed += 1
                     continue
-                raise UserError(f"{path}:{reader.line_num}: {len(row)} fields, the header has {len(header)}")
+                hint = " (a tab inside a field?)" if len(row) > len(header) else ""
+                raise UserError(
+                    f"{path}:{reader.line_num}: {len(row)} fields, the header has {len(header)}{hint}"
+                )
             for name, value in zip(header, row):
                 columns[name].append(value)
             lines.append(reader.line_num)
