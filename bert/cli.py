@@ -76,7 +76,17 @@ def _run_prepare(args: argparse.Namespace) -> int:
     cfg = _load(args, PretrainConfig)
     from bert.data.prepare import run_prepare
 
-    run_prepare(cfg, output_dir=args.output, force=args.force)
+    folder = run_prepare(cfg, output_dir=args.output, force=args.force)
+    if args.verify:
+        from bert.data.prepared import verify_prepared
+        from bert.errors import UserError
+
+        problem = verify_prepared(folder, full=True)
+        if problem is not None:
+            raise UserError(
+                f"{folder}: damaged prepared data: {problem}; run bert prepare with --force to rebuild it"
+            )
+        print(f"verified {folder}: every file matches its sha256")
     return 0
 
 
@@ -221,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p, "pretraining config (its data section is used)")
     p.add_argument("--output", help="write here instead of data.cache_dir/<hash>")
     p.add_argument("--force", action="store_true", help="rebuild even when a complete result exists")
+    p.add_argument("--verify", action="store_true", help="check every file of the result against its sha256")
     p.epilog += "\n\n" + OVERRIDE_HELP
 
     p = _add(

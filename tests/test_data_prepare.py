@@ -255,3 +255,66 @@ def test_single_document_corpus_has_an_empty_validation_split(tmp_path):
     splits, meta = load_prepared(run_prepare(config(tmp_path, corpus=[str(corpus)]), progress=False))
     assert len(splits["validation"]) == 0 and len(splits["train"]) >= 1
     assert set(splits["train"]["next_sentence_label"]) <= {0, -100}  # no other document: never "random"
+
+
+# ----------------------------------------------------------------------------------- damaged prepared data
+
+
+def _damaged_copy(tmp_path: Path) -> Path:
+    from tests.pretrain_utils import prepare_tiny
+
+    folder = tmp_path / "copy"
+    shutil.copytree(prepare_tiny(tmp_path / "cache"), folder)
+    return folder
+
+
+def test_a_truncated_shard_is_one_line_with_the_remedy(tmp_path):
+    from bert.data.prepared import load_prepared
+
+    folder = _damaged_copy(tmp_path)
+    shard = folder / "train" / "data-00000-of-00001.arrow"
+    shard.write_bytes(shard.read_bytes()[:-100])
+    with pytest.raises(
+        UserError, match=r"damaged prepared data: train/data-00000-of-00001.arrow has \d+ bytes.*--force"
+    ):
+        load_prepared(folder)
+
+
+def test_a_flipped_byte_in_a_token_id_never_trains_silently(tmp_path, capsys):
+    import datasets
+    import numpy as np
+
+    from bert.config import DataConfig
+    from bert.data.collator import build_collator
+    from bert.data.prepared import load_prepared, verify_prepared
+
+    folder = _damaged_copy(tmp_path)
+    first = datasets.load_from_disk(str(folder / "train"))[0]
+    shard = folder / "train" / "data-00000-of-00001.arrow"
+    data = bytearray(shard.read_bytes())
+    pattern = np.asarray(first["input_ids"][:4], dtype=np.int32).tobytes()
+    at = data.find(pattern)
+    assert at > 0
+    data[at + 4 + 3] = 0xFF  # the high byte of the second id: a negative token id, the same file size
+    shard.write_bytes(bytes(data))
+    assert "differs from its hash" in verify_prepared(folder, full=True)  # what --verify reports
+    splits, _ = load_prepared(folder)  # sizes match: the cheap check at start passes
+    collator = build_collator(folder, DataConfig(), seed=0)
+    with pytest.raises(UserError, match=r"token ids outside the vocabulary.*--force"):
+        collator([dict(splits["train"][0], epoch=0)])
+
+
+def test_meta_json_values_of_the_wrong_type_are_one_line(tmp_path):
+    from bert.data.prepared import load_prepared
+
+    folder = _damaged_copy(tmp_path)
+    meta = json.loads((folder / "meta.json").read_text())
+    meta["vocab_size"] = "three hundred"
+    (folder / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(UserError, match=r"damaged prepared data: meta.json has \d+ bytes"):
+        load_prepared(folder)  # the marker's sizes catch the edit first
+    from bert.data.prepared import write_manifest
+
+    write_manifest(folder)  # a marker that agrees: now the type check speaks
+    with pytest.raises(UserError, match=r"meta.json: vocab_size is str 'three hundred', expected int"):
+        load_prepared(folder)

@@ -298,6 +298,8 @@ def test_short_row_and_non_numeric_score(tmp_path):
 def test_a_row_with_an_extra_tab_is_an_error_naming_its_line(tmp_path):
     """A tab inside sentence 1 used to shift its tail into sentence 2 without a word."""
     header = ["index", "sentence1", "sentence2", "label"]
-    path = write_tsv(tmp_path / "train.tsv", header, [["0", "a", "b", "1"], ["1", "half\tof one", "two", "0"]])
+    path = write_tsv(
+        tmp_path / "train.tsv", header, [["0", "a", "b", "1"], ["1", "half\tof one", "two", "0"]]
+    )
     with pytest.raises(UserError, match=rf"{path}:3: 5 fields, the header has 4 \(a tab inside a field\?\)"):
         glue_task("rte", tmp_path).read("train")

@@ -49,6 +49,7 @@ class PretrainingCollator:
         static_masking: bool = False,
         static_shapes: bool = False,
         max_seq_length: int | None = None,
+        vocab_size: int | None = None,
     ) -> None:
         if static_shapes and not max_seq_length:
             raise ValueError("static_shapes needs max_seq_length")
@@ -61,6 +62,7 @@ class PretrainingCollator:
         self.static_masking = static_masking
         self.static_shapes = static_shapes
         self.max_seq_length = max_seq_length
+        self.vocab_size = vocab_size
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -73,6 +75,29 @@ class PretrainingCollator:
             out[i, : len(row)] = row
         return out
 
+    def _check_ids(self, input_ids: np.ndarray, token_type_ids: np.ndarray, examples: Sequence[Any]) -> None:
+        """Ids outside the vocabulary or segments other than 0/1 are damaged data (a flipped byte keeps a
+        shard's size): one line naming the examples, never a silent step or an IndexError hours later."""
+        vocab = self.vocab_size
+        bad_ids = vocab is not None and (input_ids.min() < 0 or input_ids.max() >= vocab)
+        bad_types = token_type_ids.min() < 0 or token_type_ids.max() > 1
+        if bad_ids or bad_types:
+            from bert.errors import UserError
+
+            rows = sorted(
+                {
+                    i
+                    for i in range(len(examples))
+                    if (vocab is not None and (input_ids[i].min() < 0 or input_ids[i].max() >= vocab))
+                }
+                | set(np.flatnonzero((token_type_ids < 0).any(1) | (token_type_ids > 1).any(1)).tolist())
+            )
+            ids = [examples[i].get("id", i) for i in rows]
+            raise UserError(
+                f"prepared example(s) {ids}: token ids outside the vocabulary of {vocab} or segment ids other "
+                "than 0/1 (damaged data); run bert prepare with --force to rebuild the folder"
+            )
+
     def __call__(self, examples: Sequence[dict[str, Any]]) -> PretrainingBatch:
         lengths = np.fromiter((len(e["input_ids"]) for e in examples), dtype=np.int64, count=len(examples))
         width = int(lengths.max())
@@ -82,6 +107,7 @@ class PretrainingCollator:
             width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
         input_ids = self._pad([e["input_ids"] for e in examples], width, self.pad_id)  # (B, T)
         token_type_ids = self._pad([e["token_type_ids"] for e in examples], width, 0)  # (B, T)
+        self._check_ids(input_ids, token_type_ids, examples)
         attention_mask = (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64)  # (B, T)
 
         if self.static_masking:
@@ -157,4 +183,5 @@ def build_collator(
         static_masking=bool(meta.get("static_masking", False)),
         static_shapes=static_shapes,
         max_seq_length=data_cfg.max_seq_length,
+        vocab_size=tokenizer.get_vocab_size(),
     )

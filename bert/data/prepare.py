@@ -40,13 +40,13 @@ from bert.data.corpus import iter_documents, resolve_inputs
 from bert.data.documents import CorpusStats, Document
 from bert.data.instance_rows import final_features, finish_instances, instance_features, make_instances
 from bert.data.prepared import (
-    COMPLETE_MARKER,
     FORMAT_VERSION,
     cache_key,
     is_complete,
     load_prepared,
     looks_prepared,
     summary,
+    write_manifest,
 )
 from bert.errors import UserError
 
@@ -333,7 +333,7 @@ def _prepare_into(
         "seconds": round(time.perf_counter() - started, 2),
     }
     (work / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-    (work / COMPLETE_MARKER).write_text(meta["created"] + "\n")  # last: the folder is now complete
+    write_manifest(work)  # last: the folder is now complete, every file's size and sha256 recorded
     return meta
 
 

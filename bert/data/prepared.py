@@ -6,7 +6,12 @@ A prepared folder (written by bert/data/prepare.py) is a sharded Arrow dataset:
         train/, validation/       `datasets.save_to_disk` shards of instances
         tokenizer/                the tokenizer in the Hugging Face layout
         meta.json                 settings, counts, the input fingerprints, the key
-        COMPLETE                  written last: the folder is finished
+        COMPLETE                  written last: every file's size and sha256 (the folder is finished)
+
+Reading a folder checks every file's size against the marker (instant); `verify_prepared(..., full=True)`
+(`bert prepare ... --verify`) also checks the hashes. Damage is one line with the remedy (`--force`
+rebuilds the folder); the collator also refuses token or segment ids outside the vocabulary, so a flipped
+byte that keeps the size cannot train silently.
 
 The key is a hash of the inputs (resolved paths, sizes, modification times; the tokenizer's files likewise)
 and of every setting that changes the result, so a second run with the same inputs reuses the folder.
@@ -62,6 +67,45 @@ def cache_key(data_cfg: Any, input_fingerprints: list[dict[str, Any]]) -> str:
         "tokenizer": _tokenizer_fingerprint(data_cfg.tokenizer),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(folder: Path) -> None:
+    """The COMPLETE marker: every file's size and sha256 (written last)."""
+    manifest = {
+        str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": _sha256(p)}
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != COMPLETE_MARKER and not p.name.startswith(".")  # .owner: the writer's
+    }
+    (folder / COMPLETE_MARKER).write_text(json.dumps(manifest, indent=1) + "\n")
+
+
+def verify_prepared(folder: str | Path, full: bool = False) -> str | None:
+    """None when every file the marker lists is there with its size (and, `full`, its hash); else the
+    first problem. Folders from before the manifest (a timestamp in the marker) pass unchecked."""
+    folder = Path(folder)
+    try:
+        manifest = json.loads((folder / COMPLETE_MARKER).read_text())
+    except (OSError, ValueError):
+        return None  # an older marker: nothing recorded to check against
+    if not isinstance(manifest, dict):
+        return None
+    for name, entry in manifest.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != entry.get("size"):
+            return f"{name} has {path.stat().st_size} bytes, the marker says {entry.get('size')}"
+        if full and _sha256(path) != entry.get("sha256"):
+            return f"{name} differs from its hash (damaged)"
+    return None
 
 
 def is_complete(folder: str | Path) -> bool:
@@ -135,13 +179,37 @@ def load_prepared(folder: str | Path) -> tuple[Any, dict[str, Any]]:
         raise UserError(
             f"{folder}: incomplete prepared folder (no {COMPLETE_MARKER} marker); run bert prepare again"
         )
-    meta = json.loads((folder / "meta.json").read_text())
+    problem = verify_prepared(folder)
+    if problem is not None:
+        raise UserError(
+            f"{folder}: damaged prepared data: {problem}; run bert prepare with --force to rebuild it"
+        )
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+    except ValueError as err:
+        raise UserError(f"{folder / 'meta.json'}: not valid JSON ({err}); run bert prepare --force") from None
     if meta.get("format_version") != FORMAT_VERSION:
         raise UserError(
             f"{folder}: prepared by another version of bert (format {meta.get('format_version')}, "
             f"this one reads {FORMAT_VERSION}); run bert prepare --force"
         )
-    splits = datasets.DatasetDict(
-        {split: datasets.load_from_disk(str(folder / split)) for split in ("train", "validation")}
-    )
+    for key, kind in META_TYPES.items():
+        if key in meta and not isinstance(meta[key], kind):
+            raise UserError(
+                f"{folder / 'meta.json'}: {key} is {type(meta[key]).__name__} {meta[key]!r}, expected "
+                f"{kind.__name__}; run bert prepare --force to rebuild the folder"
+            )
+    try:
+        splits = datasets.DatasetDict(
+            {split: datasets.load_from_disk(str(folder / split)) for split in ("train", "validation")}
+        )
+    except Exception as err:  # noqa: BLE001 - pyarrow and datasets raise many kinds for a damaged shard
+        raise UserError(
+            f"{folder}: damaged prepared data ({type(err).__name__}: {str(err)[:120]}); run bert prepare with "
+            "--force to rebuild it"
+        ) from None
     return splits, meta
+
+
+META_TYPES = {"vocab_size": int, "max_seq_length": int, "static_masking": bool, "format_version": int}
+"""The meta.json values training reads, with their types."""
