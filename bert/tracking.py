@@ -4,9 +4,9 @@ This file owns the decisions around `accelerator.init_trackers`:
 - wandb mode: `online` when logged in (an API key in WANDB_API_KEY or ~/.netrc; only its presence is
   checked, the key is never read into our objects, printed or saved), `offline` otherwise; an explicit
   WANDB_MODE environment variable always wins;
-- a wandb server that cannot be reached (no network on a cluster node, a firewall) is found out by a
-  3-second connection attempt before wandb starts; the run then logs offline, with one warning, instead of
-  waiting minutes for wandb's own time-out;
+- a wandb server that cannot be reached (no network on a cluster node, a firewall) or that accepts the
+  connection and never answers is found out by a 3-second HTTP request before wandb starts; the run then
+  logs offline, with one warning, instead of waiting minutes for wandb's own time-out;
 - one dashboard run per job: the run id is created once, stored in every checkpoint's meta.json, and passed
   back on resume (`{"wandb": {"id": ..., "resume": "allow"}}`) so the curves continue with increasing steps;
   TensorBoard is told to hide the events of steps after the resumed one (`purge_step`), which a crashed
@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import netrc
 import os
-import socket
 import sys
 import uuid
 from pathlib import Path
@@ -59,14 +58,23 @@ def wandb_logged_in() -> bool:
 
 
 def wandb_reachable(timeout: float = 3.0) -> bool:
-    """Whether a TCP connection to the wandb server (WANDB_BASE_URL, else api.wandb.ai) opens in `timeout`."""
+    """Whether the wandb server (WANDB_BASE_URL, else api.wandb.ai) answers an HTTP request within `timeout`
+    seconds: a connection that opens is not enough (a proxy or a hung server accepts and never answers,
+    and wandb.init then waits minutes before failing with a traceback). Any HTTP status counts as an answer."""
+    import http.client
+
     url = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai")
-    port = url.port or (80 if url.scheme == "http" else 443)
+    host = url.hostname or "api.wandb.ai"
+    kind = http.client.HTTPConnection if url.scheme == "http" else http.client.HTTPSConnection
+    connection = kind(host, url.port, timeout=timeout)
     try:
-        with socket.create_connection((url.hostname or "api.wandb.ai", port), timeout=timeout):
-            return True
-    except OSError:
+        connection.request("HEAD", "/")
+        connection.getresponse()
+        return True
+    except (OSError, http.client.HTTPException):
         return False
+    finally:
+        connection.close()
 
 
 def wandb_mode(cfg: LoggingConfig) -> str:

@@ -167,3 +167,22 @@ def test_the_wandb_run_has_the_nested_typed_config_group_tags_notes_and_job_type
     config = info["config"]
     assert config["train"]["max_steps"] == 2 and config["train"]["compile"] is False
     assert config["data"]["corpus"] == ["synthetic"] and config["train"]["max_time"] is None
+
+
+def test_a_wandb_server_that_accepts_and_never_answers_falls_back_to_offline(monkeypatch, capsys):
+    """A listening socket that never replies (a hung server or proxy): offline within seconds, one warning."""
+    import socket
+    import time
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(4)  # connections complete in the kernel's backlog; nothing ever answers
+        port = server.getsockname()[1]
+        monkeypatch.delenv("WANDB_MODE", raising=False)
+        monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+        monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
+        started = time.monotonic()
+        assert wandb_mode(LoggingConfig(trackers=["wandb"], wandb_mode="online")) == "offline"
+        assert time.monotonic() - started < 5
+    warning = capsys.readouterr().err
+    assert warning.count("\n") == 1 and "cannot be reached" in warning
