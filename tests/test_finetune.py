@@ -101,6 +101,19 @@ def test_encode_split_caches_by_content(tiny, tmp_path):
     assert len(list(tmp_path.glob("*.npz"))) == 2
 
 
+def test_a_damaged_token_cache_is_named_and_rebuilt(tiny, tmp_path, capsys):
+    _, model, _ = tiny
+    tok = load_tokenizer(model, max_length=16)
+    examples = PairExamples(["w1 w2", "yes"], ["w3", "no w4 w5"], np.array([0, 1]), ["0", "1"], "mem")
+    first = encode_split(tok, examples, 16, str(tmp_path))
+    (cache,) = tmp_path.glob("*.npz")
+    cache.write_bytes(cache.read_bytes()[:50])  # cut short, as by a full disk or a killed copy
+    again = encode_split(tok, examples, 16, str(tmp_path))
+    assert again.input_ids.tolist() == first.input_ids.tolist()
+    assert f"{cache}: damaged token cache" in capsys.readouterr().err
+    assert encode_split(tok, examples, 16, str(tmp_path)).offsets.tolist() == [0, 6, 13]  # rewritten whole
+
+
 # --------------------------------------------------------------------------------------------- batching
 
 

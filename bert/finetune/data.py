@@ -53,6 +53,23 @@ class EncodedSplit:
         return EncodedSplit(self.input_ids[flat], self.token_type_ids[flat], offsets, labels)
 
 
+def _read_cache(path: Path, rows: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """A token cache's arrays, or None (with one warning naming the file, which is then rebuilt) when it is
+    damaged: unreadable, or arrays that do not fit together."""
+    import sys
+    import zipfile
+
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            ids, types, offsets = data["input_ids"], data["token_type_ids"], data["offsets"]
+        if len(offsets) != rows + 1 or int(offsets[-1]) != len(ids) or len(types) != len(ids):
+            raise ValueError("arrays of mismatched lengths")
+        return ids, types, offsets
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+        print(f"warning: {path}: damaged token cache ({err}); tokenising again", file=sys.stderr, flush=True)
+        return None
+
+
 def encode_split(
     tokenizer: Tokenizer, examples: PairExamples, max_length: int, cache_dir: str | None = None
 ) -> EncodedSplit:
@@ -65,10 +82,9 @@ def encode_split(
             digest.update(f"{a}\0{b}\0".encode())
         cache = Path(cache_dir) / f"{digest.hexdigest()[:20]}.npz"
         if cache.is_file():
-            with np.load(cache) as data:
-                return EncodedSplit(
-                    data["input_ids"], data["token_type_ids"], data["offsets"], examples.labels
-                )
+            cached = _read_cache(cache, len(examples))
+            if cached is not None:
+                return EncodedSplit(*cached, examples.labels)
     offsets = np.zeros(len(examples) + 1, dtype=np.int64)
     ids_parts, type_parts = [], []
     chunk = 4096  # bounded memory: the Encoding objects of a large task (QQP: 364k pairs) are big
