@@ -263,6 +263,10 @@ class TrainConfig:
     """torch.compile backend: inductor (generates kernels), or aot_eager / eager to debug tracing."""
     fast_paths: Literal["auto", "on", "off"] = "auto"
     """The model's speedups (bert/model/fast): auto (on for the CPU, off on CUDA and under compile), on, off."""
+    release_memory_every: int | None = 20
+    """On the CPU, hand the heap memory freed by training steps back to the OS every N optimizer steps
+    (glibc keeps it otherwise, and batches of changing shapes fragment it: host memory grows for hours);
+    null: never. BENCHMARKS.md has the measurement."""
     pad_vocab_multiple: int = 64
     """The model's vocabulary (word-embedding and MLM-decoder rows) rounded up to a multiple of this, e.g.
     30522 -> 30528: the tensor cores want aligned matrix sizes. The extra rows are never looked up; exports
@@ -280,7 +284,7 @@ class TrainConfig:
         from bert.budget import parse_duration
 
         _positive("train", self, "max_steps", "max_tokens", "batch_size", "gradient_accumulation_steps")
-        _positive("train", self, "pad_vocab_multiple")
+        _positive("train", self, "pad_vocab_multiple", "release_memory_every")
         _positive("train", self, "log_every")
         if self.max_time is not None:
             parse_duration(self.max_time)  # raises a one-line ValueError naming train.max_time

@@ -178,6 +178,18 @@ def release_freed_memory() -> None:
         _LIBC.malloc_trim(0)
 
 
+def rss_gb() -> float:
+    """The resident memory of this process now, in GiB (VmRSS; 0 where /proc is missing)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 2**20  # kB
+    except OSError:
+        pass
+    return 0.0
+
+
 def peak_rss_gb() -> float:
     """The peak resident memory of this process in GiB: the kernel's high-water mark (VmHWM) on Linux.
 

@@ -97,3 +97,18 @@ def test_peak_rss_is_this_processs_own_not_a_large_parents():
     if sys.platform.startswith("linux"):
         assert inherited > 0.55, "negative control: ru_maxrss carries the parent's peak over exec"
         assert own < 0.5, own
+
+
+@pytest.mark.e2e
+def test_pretraining_on_the_cpu_hands_freed_memory_back_every_n_steps(tiny_data, tmp_path, monkeypatch):
+    import bert.pretrain.loop as loop
+    from tests.pretrain_utils import metrics, pretrain_here
+
+    calls = []
+    monkeypatch.setattr(loop, "release_freed_memory", lambda: calls.append(1))
+    pretrain_here(tiny_data, tmp_path / "a", "train.max_steps=6", "train.release_memory_every=2")
+    assert len(calls) == 3
+    assert all(m["train/rss_gb"] > 0 for m in metrics(tmp_path / "a") if "train/loss" in m)
+    calls.clear()
+    pretrain_here(tiny_data, tmp_path / "b", "train.max_steps=6", "train.release_memory_every=null")
+    assert calls == []

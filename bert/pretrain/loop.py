@@ -33,6 +33,7 @@ from bert.errors import UserError
 from bert.hooks import TrainHooks
 from bert.pretrain.run import Run
 from bert.pretrain.step import Window, evaluate, train_step
+from bert.training import release_freed_memory
 
 
 def pretrain(cfg: PretrainConfig, hooks: TrainHooks | None = None) -> dict[str, Any]:
@@ -51,6 +52,7 @@ def train(run: Run, hooks: TrainHooks) -> dict[str, Any]:
     k, budget, pace = cfg.train.gradient_accumulation_steps, run.parts.budget, run.parts.pace
     elapsed = run.clock(hooks)
     window = Window(run.parts)
+    release_every = cfg.train.release_memory_every if accelerator.device.type == "cpu" else None
     if cfg.train.eval_at_start and state.step == 0:
         run.log("eval", evaluate(run.parts, run.eval_loader, state.step, hooks).metrics)
     elif state.step and cfg.train.eval_every and state.step % cfg.train.eval_every == 0:
@@ -62,6 +64,8 @@ def train(run: Run, hooks: TrainHooks) -> dict[str, Any]:
         result = train_step(run.parts, state.step, batches, hooks, elapsed)
         state.advance(run.sampler, k)
         window.add(result)
+        if release_every and state.step % release_every == 0:
+            release_freed_memory()
         shown = {"budget": f"{result.progress:.0%}"} if budget.by_fraction else {}
         run.progress.update(1, loss=window.last_loss, tok_s=window.tokens_per_s(), **shown)
 

@@ -33,7 +33,7 @@ from bert.hooks import TrainHooks
 from bert.losses import gradient_factor, pretraining_loss
 from bert.metrics import MetricTotals, example_stats
 from bert.sampler import ShardedBatchSampler
-from bert.training import peak_rss_gb
+from bert.training import peak_rss_gb, rss_gb
 
 if TYPE_CHECKING:
     from bert.budget import Budget
@@ -372,6 +372,7 @@ class Window:
                 logs["mfu"] = mfu
         else:
             logs["peak_rss_gb"] = peak_rss_gb()
+            logs["rss_gb"] = rss_gb()
         self.agreed, self.start, self.local_tokens = [], time.time(), 0
         return logs
 
