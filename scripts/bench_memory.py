@@ -49,7 +49,7 @@ def main() -> int:
     )
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--every", type=int, default=20)
+    parser.add_argument("--every", type=int, default=200)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         kept = run(args.steps, args.batch_size, "null", Path(tmp))
