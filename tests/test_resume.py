@@ -112,7 +112,7 @@ def test_negative_control_data_position_not_restored(cache, reference, tmp_path)
     assert pretrain_here(cache, run, *RUN, record_ids=True, faults=("SIGTERM@4",))["stopped"]
     folder = ckpt.step_folder(run, 4)
     meta = ckpt.read_meta(folder)
-    meta["data"].update(epoch=0, index=0)  # as if the loader restarted from the beginning
+    meta["data"].update(epoch=0, index=0, examples=0)  # as if the loader restarted from the beginning
     _refinalize(folder, meta)
     pretrain_here(cache, run, *RUN, record_ids=True)
     with pytest.raises(AssertionError, match="differ"):

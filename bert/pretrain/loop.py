@@ -27,6 +27,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from bert import checkpoint as ckpt
 from bert.config import PretrainConfig
 from bert.errors import UserError
@@ -57,7 +59,11 @@ def train(run: Run, hooks: TrainHooks) -> dict[str, Any]:
         run.log("eval", evaluate(run.parts, run.eval_loader, state.step, hooks).metrics)
     elif state.step and cfg.train.eval_every and state.step % cfg.train.eval_every == 0:
         if not run.evaluated_at(state.step):  # a stop signal came during this step's evaluation: redo it
-            run.log("eval", evaluate(run.parts, run.eval_loader, state.step, hooks).metrics)
+            # with the RNG streams left as the checkpoint restored them (the evaluation's loader draws a
+            # seed), so that the resumed steps stay bit-identical to an uninterrupted run
+            devices = [accelerator.device] if accelerator.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):
+                run.log("eval", evaluate(run.parts, run.eval_loader, state.step, hooks).metrics)
     while not budget.spent(state.step, *pace.estimate(state.step)):
         batches = [next(run.batches) for _ in range(k)]
         hooks.on_batches(state.step + 1, batches, accelerator.process_index)
