@@ -301,7 +301,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "overrides", nargs="*", metavar="key=value", help="dotted overrides of every task's config"
     )
-    p.epilog += "\n\n" + OVERRIDE_HELP
+    p.epilog += (
+        "\n\n"
+        + OVERRIDE_HELP.replace(
+            "  CONFIG is a YAML file (see configs/). Any field",
+            "  Every task's recipe (configs/finetune/). Any field",
+        )
+        .split("  --print-config")[0]
+        .rstrip()
+        + "\n"
+    )
 
     p = _add(
         sub,
@@ -333,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
         `transformers.BertForPreTraining.from_pretrained` and `bert finetune` load.
         """,
         """
-        bert export runs/demo/checkpoints/step_000400 runs/demo/export-400
+        bert export runs/demo/checkpoints/step_0000400 runs/demo/export-400
         """,
         _run_export,
     )

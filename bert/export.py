@@ -27,11 +27,27 @@ def copy_tokenizer(source: str | Path | None, output: str | Path) -> None:
 
 
 def write_export(model: Any, tokenizer_dir: str | Path | None, output: str | Path) -> Path:
-    """Save `model` (on the CPU) with its tokenizer as a Hugging Face folder, atomically."""
+    """Save `model` (on the CPU) with its tokenizer as a Hugging Face folder, atomically. The tokenizer's
+    `model_max_length` becomes the model's position count, so that `tokenizer(text, truncation=True)` in
+    transformers never makes a sequence the model cannot embed."""
     with fs.atomic_folder(output) as temp:
         model.save_pretrained(temp)
         copy_tokenizer(tokenizer_dir, temp)
+        limit_tokenizer_length(temp, model.config.max_position_embeddings)
     return Path(output)
+
+
+def limit_tokenizer_length(folder: Path, positions: int) -> None:
+    """Set `model_max_length` in the folder's tokenizer_config.json (when there is one) to `positions`."""
+    import json
+
+    config = Path(folder) / "tokenizer_config.json"
+    if not config.is_file():
+        return
+    settings = json.loads(config.read_text())
+    if settings.get("model_max_length", positions + 1) > positions:
+        settings["model_max_length"] = positions
+        config.write_text(json.dumps(settings, indent=2) + "\n")
 
 
 def export_checkpoint(checkpoint: str | Path, output: str | Path) -> Path:

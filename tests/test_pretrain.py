@@ -162,3 +162,16 @@ def test_the_vocabulary_is_padded_for_training_and_exported_exactly(cache, tmp_p
         assert hf.config.vocab_size == vocab
     unpadded = pretrain_here(cache, tmp_path / "one", "train.max_steps=1", "train.pad_vocab_multiple=1")
     assert weights(unpadded["export"])["bert.embeddings.word_embeddings.weight"].shape[0] == vocab
+
+
+def test_an_exported_tokenizer_truncates_to_the_models_positions(cache, tmp_path):
+    """The tiny model has 64 positions: `tokenizer(long_text, truncation=True)` must fit it (it said 512)."""
+    transformers = pytest.importorskip("transformers")
+    result = pretrain_here(cache, tmp_path / "run", "train.max_steps=1")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(result["export"])
+    model = transformers.BertForPreTraining.from_pretrained(result["export"]).eval()
+    assert tokenizer.model_max_length == model.config.max_position_embeddings == 64
+    encoded = tokenizer("word " * 500, truncation=True, return_tensors="pt")
+    assert encoded["input_ids"].shape[1] == 64
+    with torch.no_grad():
+        model(**encoded)  # runs: no position beyond the table
