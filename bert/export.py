@@ -42,9 +42,12 @@ def limit_tokenizer_length(folder: Path, positions: int) -> None:
     import json
 
     config = Path(folder) / "tokenizer_config.json"
-    if not config.is_file():
+    try:
+        settings = json.loads(config.read_text())
+    except (OSError, ValueError):  # none, or not ours to fix: the tokenizer loader names a bad file
         return
-    settings = json.loads(config.read_text())
+    if not isinstance(settings, dict):
+        return
     if settings.get("model_max_length", positions + 1) > positions:
         settings["model_max_length"] = positions
         config.write_text(json.dumps(settings, indent=2) + "\n")

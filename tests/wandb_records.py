@@ -27,6 +27,8 @@ def records(path: Path) -> list[Any]:
             offset += room
             continue
         _checksum, length, kind = struct.unpack("<IHB", data[offset : offset + 7])
+        if offset + 7 + length > len(data):  # a chunk still being written
+            break
         chunk = data[offset + 7 : offset + 7 + length]
         offset += 7 + length
         if kind == 0 and length == 0:
@@ -40,9 +42,24 @@ def records(path: Path) -> list[Any]:
     return out
 
 
-def run_info(run_folder: Path) -> dict[str, Any]:
+def run_info(run_folder: Path, wait: float = 20.0) -> dict[str, Any]:
     """The run record of an offline run folder: name, group, job type, tags, notes and the config (nested
-    values as wandb stores them: JSON, so their types survive)."""
+    values as wandb stores them: JSON, so their types survive). wandb's core process writes the file on its
+    own schedule, so a busy machine may need a moment: the file is read again for up to `wait` seconds."""
+    import time
+
+    deadline = time.monotonic() + wait
+    while True:
+        info = _run_record(run_folder)
+        if info is not None or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    if info is None:
+        raise AssertionError(f"{run_folder}: no run record")
+    return info
+
+
+def _run_record(run_folder: Path) -> dict[str, Any] | None:
     (path,) = sorted(Path(run_folder).glob("*.wandb"))
     for record in records(path):
         if record.WhichOneof("record_type") == "run":
@@ -56,4 +73,4 @@ def run_info(run_folder: Path) -> dict[str, Any]:
                 "notes": run.notes,
                 "config": {k: v.get("value", v) if isinstance(v, dict) else v for k, v in config.items()},
             }
-    raise AssertionError(f"{path}: no run record")
+    return None
