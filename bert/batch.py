@@ -111,23 +111,17 @@ class PairBatch:
         return _pin(self)
 
 
-def _pin(batch: Any) -> Any:
+def _map_tensors(batch: Any, fn: Any) -> Any:
+    """A batch of the same type with `fn` applied to every tensor field (other fields kept)."""
     import torch
 
-    pinned = {
-        f.name: value.pin_memory() if isinstance(value, torch.Tensor) else value
-        for f in dataclasses.fields(batch)
-        for value in [getattr(batch, f.name)]
-    }
-    return type(batch)(**pinned)
+    fields = {f.name: getattr(batch, f.name) for f in dataclasses.fields(batch)}
+    return type(batch)(**{k: fn(v) if isinstance(v, torch.Tensor) else v for k, v in fields.items()})
+
+
+def _pin(batch: Any) -> Any:
+    return _map_tensors(batch, lambda t: t.pin_memory())
 
 
 def _to(batch: Any, device: torch.device | str, non_blocking: bool) -> Any:
-    import torch
-
-    moved = {
-        f.name: value.to(device, non_blocking=non_blocking) if isinstance(value, torch.Tensor) else value
-        for f in dataclasses.fields(batch)
-        for value in [getattr(batch, f.name)]
-    }
-    return type(batch)(**moved)
+    return _map_tensors(batch, lambda t: t.to(device, non_blocking=non_blocking))

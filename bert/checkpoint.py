@@ -27,7 +27,6 @@ dead runs are removed at the next start.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shutil
@@ -68,22 +67,9 @@ def rng_file(rank: int) -> str:
 # ------------------------------------------------------------------------------------------- the marker
 
 
-def file_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_marker(folder: Path) -> None:
     """The manifest of every file (size and sha256), written last and fsynced."""
-    manifest = {
-        str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": file_hash(p)}
-        for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.name != MARKER and not p.name.startswith(".")
-    }
-    fs.atomic_write_text(folder / MARKER, json.dumps(manifest, indent=1) + "\n")
+    fs.atomic_write_text(folder / MARKER, json.dumps(fs.manifest_of(folder, MARKER), indent=1) + "\n")
 
 
 def _manifest(folder: Path) -> dict[str, dict[str, Any]] | None:
@@ -132,7 +118,7 @@ def verify(folder: str | Path) -> str | None:
             return f"{name}: missing"
         if path.stat().st_size != entry["size"]:
             return f"{name}: size {path.stat().st_size}, expected {entry['size']}"
-        if file_hash(path) != entry["sha256"]:
+        if fs.file_sha256(path) != entry["sha256"]:
             return f"{name}: content differs from its hash (damaged)"
     try:
         meta = read_json(folder / META)

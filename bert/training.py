@@ -178,16 +178,21 @@ def release_freed_memory() -> None:
         _LIBC.malloc_trim(0)
 
 
-def rss_gb() -> float:
-    """The resident memory of this process now, in GiB (VmRSS; 0 where /proc is missing)."""
+def _proc_status_gb(field: str) -> float | None:
+    """A memory field of /proc/self/status (VmRSS, VmHWM) in GiB; None where /proc is missing."""
     try:
         with open("/proc/self/status") as status:
             for line in status:
-                if line.startswith("VmRSS:"):
+                if line.startswith(f"{field}:"):
                     return int(line.split()[1]) / 2**20  # kB
     except OSError:
         pass
-    return 0.0
+    return None
+
+
+def rss_gb() -> float:
+    """The resident memory of this process now, in GiB (VmRSS; 0 where /proc is missing)."""
+    return _proc_status_gb("VmRSS") or 0.0
 
 
 def peak_rss_gb() -> float:
@@ -196,13 +201,9 @@ def peak_rss_gb() -> float:
     Why not `getrusage(RUSAGE_SELF).ru_maxrss`: on Linux it survives fork and exec, so a run started by a large
     process (a benchmark script holding models, a notebook) reports the parent's peak as its own. Elsewhere
     ru_maxrss is the fallback (kilobytes on Linux, bytes on macOS)."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 2**20  # kB
-    except OSError:
-        pass
+    peak = _proc_status_gb("VmHWM")
+    if peak is not None:
+        return peak
     import resource
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -60,13 +60,10 @@ def test_secret_named_keys_never_reach_the_dashboard():
     assert flat == {"model.pad_token_id": 0, "model.keyframe": 3}
 
 
-def test_an_unreachable_wandb_server_falls_back_to_offline_quickly(monkeypatch, capsys):
-    import socket
+def _assert_offline_within_seconds(monkeypatch, capsys, port: int) -> None:
+    """wandb_mode with a key and the server at 127.0.0.1:`port`: offline in under 5 s, one warning."""
     import time
 
-    with socket.socket() as probe:  # a loopback port that nothing listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
@@ -75,6 +72,15 @@ def test_an_unreachable_wandb_server_falls_back_to_offline_quickly(monkeypatch, 
     assert time.monotonic() - started < 5
     warning = capsys.readouterr().err
     assert warning.count("\n") == 1 and "cannot be reached" in warning
+
+
+def test_an_unreachable_wandb_server_falls_back_to_offline_quickly(monkeypatch, capsys):
+    import socket
+
+    with socket.socket() as probe:  # a loopback port that nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    _assert_offline_within_seconds(monkeypatch, capsys, port)
 
 
 def test_metrics_file_is_cut_back_to_what_a_checkpoint_saw(tmp_path):
@@ -172,17 +178,8 @@ def test_the_wandb_run_has_the_nested_typed_config_group_tags_notes_and_job_type
 def test_a_wandb_server_that_accepts_and_never_answers_falls_back_to_offline(monkeypatch, capsys):
     """A listening socket that never replies (a hung server or proxy): offline within seconds, one warning."""
     import socket
-    import time
 
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
         server.listen(4)  # connections complete in the kernel's backlog; nothing ever answers
-        port = server.getsockname()[1]
-        monkeypatch.delenv("WANDB_MODE", raising=False)
-        monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
-        monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
-        started = time.monotonic()
-        assert wandb_mode(LoggingConfig(trackers=["wandb"], wandb_mode="online")) == "offline"
-        assert time.monotonic() - started < 5
-    warning = capsys.readouterr().err
-    assert warning.count("\n") == 1 and "cannot be reached" in warning
+        _assert_offline_within_seconds(monkeypatch, capsys, server.getsockname()[1])

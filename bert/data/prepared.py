@@ -24,6 +24,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bert import fs
 from bert.errors import UserError
 
 FORMAT_VERSION = 1
@@ -69,21 +70,9 @@ def cache_key(data_cfg: Any, input_fingerprints: list[dict[str, Any]]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_manifest(folder: Path) -> None:
     """The COMPLETE marker: every file's size and sha256 (written last)."""
-    manifest = {
-        str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": _sha256(p)}
-        for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.name != COMPLETE_MARKER and not p.name.startswith(".")  # .owner: the writer's
-    }
+    manifest = fs.manifest_of(folder, COMPLETE_MARKER)
     (folder / COMPLETE_MARKER).write_text(json.dumps(manifest, indent=1) + "\n")
 
 
@@ -103,7 +92,7 @@ def verify_prepared(folder: str | Path, full: bool = False) -> str | None:
             return f"{name} is missing"
         if path.stat().st_size != entry.get("size"):
             return f"{name} has {path.stat().st_size} bytes, the marker says {entry.get('size')}"
-        if full and _sha256(path) != entry.get("sha256"):
+        if full and fs.file_sha256(path) != entry.get("sha256"):
             return f"{name} differs from its hash (damaged)"
     return None
 
