@@ -112,3 +112,19 @@ def test_pretraining_on_the_cpu_hands_freed_memory_back_every_n_steps(tiny_data,
     calls.clear()
     pretrain_here(tiny_data, tmp_path / "b", "train.max_steps=6", "train.release_memory_every=null")
     assert calls == []
+
+
+def test_precision_auto_takes_the_launchers_then_the_hardwares_and_an_explicit_value_wins(monkeypatch):
+    from bert.training import precision_line, resolve_precision
+
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    assert resolve_precision("auto", cuda=False) == ("no", "auto: fp32 on the CPU")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_precision("auto", cuda=True) == ("bf16", "auto: this GPU has bf16")
+    monkeypatch.setenv(
+        "ACCELERATE_MIXED_PRECISION", "fp16"
+    )  # what `accelerate launch` exports from its config
+    assert resolve_precision("auto", cuda=True) == ("fp16", "the launcher's setting")
+    assert resolve_precision("no", cuda=True) == ("no", "train.mixed_precision")  # the config wins
+    line = precision_line("no", "train.mixed_precision", torch.device("cuda"))
+    assert line == "precision: fp32 (train.mixed_precision); TF32 matmuls"
