@@ -11,7 +11,7 @@ line and exit status 2 before any data is prepared or any model built.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 from bert.model.config import BertConfig
 from bert.typed_yaml import (
@@ -427,12 +427,23 @@ class TaskConfig:
 class FinetuneTrainConfig:
     """Fine-tuning loop."""
 
+    RENAMED_KEYS: ClassVar[dict[str, str]] = {
+        "batch_size": "fine-tuning's batch is train.global_batch_size (sequences per optimizer step over all "
+        "processes); train.batch_size is pretraining's per-device batch",
+    }
+
     output_dir: str = "runs/finetune"
     """Run folder: the best model, metrics, predictions and the resolved config."""
     epochs: float = 3.0
-    """Passes over the training set."""
-    batch_size: int = 32
-    """Sequences per optimizer step (summed over processes)."""
+    """Passes over the training set (`max_steps`, when set, wins)."""
+    max_steps: int | None = None
+    """Optimizer steps per seed (None: `epochs` passes); evaluated after each epoch and at the last step."""
+    global_batch_size: int = 32
+    """Sequences per optimizer step, over all processes and accumulated micro-batches: the recipe's batch,
+    the same on any hardware (pretraining's `train.batch_size` is per device instead)."""
+    gradient_accumulation_steps: int = 1
+    """Micro-batches per optimizer step: each holds global_batch_size / this many sequences (less memory,
+    the same training); it must divide global_batch_size."""
     max_length: int = 128
     """Maximum tokens of a pair; longer pairs are truncated longest-first."""
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
@@ -475,8 +486,20 @@ class FinetuneTrainConfig:
         _require(self.epochs > 0, "train.epochs", "> 0", self.epochs)
         _require(self.max_length >= 4, "train.max_length", "at least 4", self.max_length)
         _require(len(self.seeds) > 0, "train.seeds", "a non-empty list", self.seeds)
-        _positive("train", self, "batch_size", "eval_batch_size", "mega_batch", "pad_to_multiple_of")
-        _positive("train", self, "num_threads", "log_every", "release_memory_every")
+        _positive("train", self, "global_batch_size", "eval_batch_size", "mega_batch", "pad_to_multiple_of")
+        _positive("train", self, "num_threads", "log_every", "release_memory_every", "max_steps")
+        _positive("train", self, "gradient_accumulation_steps")
+        _require(
+            self.global_batch_size % self.gradient_accumulation_steps == 0,
+            "train.global_batch_size",
+            f"divisible by train.gradient_accumulation_steps ({self.gradient_accumulation_steps})",
+            self.global_batch_size,
+        )
+
+    @property
+    def micro_batch_size(self) -> int:
+        """Sequences per forward pass, over all processes."""
+        return self.global_batch_size // self.gradient_accumulation_steps
         _require(
             self.num_workers is None or self.num_workers >= 0, "train.num_workers", ">= 0", self.num_workers
         )

@@ -6,14 +6,17 @@ every seed of `train.seeds`, writing into `<output>/<task>/` as it always does. 
 table:
 
 - `glue.json`: per task and dev split, the primary metric's mean, standard deviation (over seeds) and count,
-  each seed's figures, the other metrics; and the GLUE-style average: the mean over the entries (MNLI's
-  matched and mismatched dev sets are two entries, as on the GLUE board) of their primary metric;
-- `glue.md`: the same as a markdown table, printed at the end;
+  each seed's figures, the other metrics and the training budget (pairs, epochs, batch, learning rate); and
+  the GLUE average as the GLUE benchmark computes it: the mean over tasks of each task's score, where a
+  task with two metrics scores their mean (MRPC and QQP: F1 and accuracy; STS-B: Pearson and Spearman) and
+  MNLI the mean of its matched and mismatched dev sets;
+- `glue.md`: the same as markdown tables, printed at the end;
 - TensorBoard (`<output>/tensorboard`: one scalar per entry and the table as text) and wandb (a table), as
   `logging.trackers` says.
 
-Re-run after an interruption, a task whose seeds all finished with the same settings is read back, not
-trained again (bert/finetune/loop.py keeps that per seed). `task.max_train_examples=N` subsamples the large
+Re-run after an interruption, a task whose seeds all finished with the same settings and the same weights
+(a hash of the model file) is read back, not trained again (bert/finetune/loop.py keeps that per seed). The
+default output folder is `runs/glue/<model>`, named after the run that made the model (`model_label`). `task.max_train_examples=N` subsamples the large
 tasks' training sets (the same subset for every seed) for a quick look or a CPU.
 """
 
@@ -111,10 +114,10 @@ def run_glue(
         raise UserError(f"{data_dir}: no such GLUE folder")
     if not Path(model_dir).is_dir():
         raise UserError(f"{model_dir}: model folder not found")
-    output = Path(output) if output else Path("runs") / "glue" / Path(model_dir).resolve().name
+    label = model_label(model_dir)
+    output = Path(output) if output else Path("runs") / "glue" / label
     names = find_tasks(data_dir, tasks)
     model_path = resolve_model_path(model_dir, output)  # a checkpoint is exported once, for every task
-    label = model_label(model_dir)
     configs = {t: task_config(t, model_path, data_dir, output, list(overrides), label) for t in names}
     summaries = {}
     for name, cfg in configs.items():
@@ -122,7 +125,7 @@ def run_glue(
         seeds = list(cfg.train.seeds)
         run_dirs = [Path(cfg.train.output_dir) / ("" if len(seeds) == 1 else f"seed_{s}") for s in seeds]
         if results_file.is_file() and all(finished_seed(d, cfg, s) for d, s in zip(run_dirs, seeds)):
-            print(f"== {name}: finished earlier with these settings ({results_file})", flush=True)
+            print(f"== {name}: finished earlier with these settings and weights ({results_file})", flush=True)
             summaries[name] = json.loads(results_file.read_text())
             continue
         print(
@@ -130,7 +133,9 @@ def run_glue(
             flush=True,
         )
         summaries[name] = finetune(cfg)
-    verdict = glue_verdict(summaries, str(model_path), list(next(iter(configs.values())).train.seeds))
+    verdict = glue_verdict(
+        summaries, str(model_path), list(next(iter(configs.values())).train.seeds), configs
+    )
     output.mkdir(parents=True, exist_ok=True)
     fs.atomic_write_text(output / "glue.json", json.dumps(verdict, indent=2) + "\n")
     table = markdown(verdict)
@@ -141,8 +146,27 @@ def run_glue(
     return verdict
 
 
-def glue_verdict(summaries: dict[str, dict[str, Any]], model: str, seeds: list[int]) -> dict[str, Any]:
-    """One entry per task and dev split, each with its primary metric over seeds, and the average."""
+def budget(cfg: FinetuneConfig, summary: dict[str, Any]) -> dict[str, Any]:
+    """What a task's models were trained on: pairs (after `task.max_train_examples`), epochs, batch, rate."""
+    return {
+        "train_pairs": summary["seeds"][0].get("train_examples"),
+        "max_train_examples": cfg.task.max_train_examples,
+        "epochs": cfg.train.epochs,
+        "max_steps": cfg.train.max_steps,
+        "global_batch_size": cfg.train.global_batch_size,
+        "lr": cfg.optimizer.lr,
+        "max_length": cfg.train.max_length,
+    }
+
+
+def glue_verdict(
+    summaries: dict[str, dict[str, Any]],
+    model: str,
+    seeds: list[int],
+    configs: dict[str, FinetuneConfig] | None = None,
+) -> dict[str, Any]:
+    """One entry per task and dev split, each with its primary metric over seeds, its score (the mean of
+    the task's metrics) and the task's budget; and the GLUE average (module docstring)."""
     entries = []
     for task, summary in summaries.items():
         primary = summary["main_metric"]
@@ -154,6 +178,7 @@ def glue_verdict(summaries: dict[str, dict[str, Any]], model: str, seeds: list[i
                 for key, value in summary["mean_std"].items()
                 if key.startswith(f"{split}/") and key != f"{split}/{primary}"
             }
+            metrics = [stats["mean"], *(v["mean"] for v in others.values())]
             entries.append(
                 {
                     "entry": ENTRY_NAMES.get(split, task),
@@ -165,33 +190,70 @@ def glue_verdict(summaries: dict[str, dict[str, Any]], model: str, seeds: list[i
                     "n": stats.get("n", len(summary["seeds"])),
                     "seeds": {str(r["seed"]): r["dev"][split][primary] for r in summary["seeds"]},
                     "other_metrics": others,
+                    "score": sum(metrics) / len(metrics),
+                    "budget": budget(configs[task], summary) if configs else None,
                 }
             )
-    average = sum(e["mean"] for e in entries) / len(entries)
-    return {"model": model, "seeds": seeds, "entries": entries, "average": average}
+    task_scores: dict[str, list[float]] = {}
+    for e in entries:
+        task_scores.setdefault(e["task"], []).append(e["score"])
+    scores = {task: sum(v) / len(v) for task, v in task_scores.items()}
+    average = sum(scores.values()) / len(scores)
+    return {
+        "model": model,
+        "seeds": seeds,
+        "entries": entries,
+        "task_scores": scores,
+        "average": average,
+        "average_rule": AVERAGE_RULE,
+    }
+
+
+AVERAGE_RULE = (
+    "mean over tasks of each task's score; a task's score is the mean of its metrics (MRPC, QQP: F1 and "
+    "accuracy; STS-B: Pearson and Spearman) and of its dev sets (MNLI: matched and mismatched), as GLUE does"
+)
+
+
+def _mean_std(mean: float, std: float, n: int) -> str:
+    """`mean ± std` x 100, or the mean alone for one seed (no spread was measured)."""
+    return f"{mean * 100:.2f} ± {std * 100:.2f}" if n > 1 else f"{mean * 100:.2f}"
 
 
 def markdown(verdict: dict[str, Any]) -> str:
-    """The verdict as a markdown table (metrics x 100)."""
+    """The verdict as markdown tables (metrics x 100): results, then each task's training budget."""
     lines = [
         f"GLUE dev results of {verdict['model']}",
         "",
-        "| task | metric | mean ± std | seeds | per seed | other metrics |",
-        "|---|---|---|---|---|---|",
+        "| task | metric | mean ± std | seeds | per seed | other metrics | score |",
+        "|---|---|---|---|---|---|---|",
     ]
     for e in verdict["entries"]:
         per_seed = ", ".join(f"{seed}: {value * 100:.2f}" for seed, value in e["seeds"].items())
         others = ", ".join(
-            f"{k} {v['mean'] * 100:.2f} ± {v['std'] * 100:.2f}" for k, v in e["other_metrics"].items()
+            f"{k} {_mean_std(v['mean'], v['std'], e['n'])}" for k, v in e["other_metrics"].items()
         )
         lines.append(
-            f"| {e['entry']} | {e['metric']} | {e['mean'] * 100:.2f} ± {e['std'] * 100:.2f} | {e['n']} | "
-            f"{per_seed} | {others or '-'} |"
+            f"| {e['entry']} | {e['metric']} | {_mean_std(e['mean'], e['std'], e['n'])} | {e['n']} | "
+            f"{per_seed} | {others or '-'} | {e['score'] * 100:.2f} |"
         )
+    tasks = len(verdict.get("task_scores") or verdict["entries"])
     lines.append(
-        f"| **average** | primary metrics of {len(verdict['entries'])} entries | **{verdict['average'] * 100:.2f}** "
-        "| | | |"
+        f"| **average** | GLUE score of {tasks} task(s) | | | | | **{verdict['average'] * 100:.2f}** |"
     )
+    lines += ["", f"Average: {verdict.get('average_rule', AVERAGE_RULE)}."]
+    budgets = {e["task"]: e.get("budget") for e in verdict["entries"] if e.get("budget")}
+    if budgets:
+        lines += [
+            "",
+            "| task | train pairs | subsample | epochs | max steps | batch | lr | max length |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for task, b in budgets.items():
+            lines.append(
+                f"| {task} | {b['train_pairs']} | {b['max_train_examples'] or 'all'} | {b['epochs']:g} | "
+                f"{b.get('max_steps') or '-'} | {b['global_batch_size']} | {b['lr']:g} | {b['max_length']} |"
+            )
     return "\n".join(lines)
 
 

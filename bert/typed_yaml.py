@@ -66,6 +66,9 @@ def build(cls: type[T], data: dict[str, Any], base_dir: Path | None = None, pref
     for key, value in data.items():
         dotted = f"{prefix}{key}"
         if key not in fields:
+            renamed = getattr(cls, "RENAMED_KEYS", {}).get(key)
+            if renamed:  # a key this section had, or that another command's section has
+                raise ConfigError(f"unknown config key '{dotted}': {renamed}")
             raise ConfigError(_unknown_key_message(dotted, prefix, list(fields)))
         kwargs[key] = _coerce(value, hints[key], dotted, base_dir, section=key)
     try:

@@ -58,7 +58,7 @@ def run_ours(
         f"task.data_dir={data}",
         f"train.output_dir={output_dir / f'ours_seed_{seed}'}",
         f"train.epochs={EPOCHS}",
-        f"train.batch_size={BATCH}",
+        f"train.global_batch_size={BATCH}",
         f"train.max_length={MAX_LEN}",
         f"train.seeds=[{seed}]",
         "train.cache_dir=null",  # tokenisation is part of the timed run

@@ -49,7 +49,7 @@ def tiny_overrides(root: Path, model: Path, files: dict, out: str) -> list[str]:
         f"task.test_file={files['test']}",
         f"train.output_dir={root / out}",
         "train.epochs=4",
-        "train.batch_size=16",
+        "train.global_batch_size=16",
         "train.max_length=24",
         "train.cache_dir=null",
         "optimizer.lr=2e-3",
@@ -262,4 +262,71 @@ def test_shipped_configs_load(name):
 
     cfg = load_config(FinetuneConfig, CONFIG_ROOT / "finetune" / f"{name}.yaml")
     assert cfg.task.name == ("synthetic" if name == "demo" else name)
-    assert cfg.train.batch_size == 32 and cfg.attn_implementation == "unpadded"
+    assert cfg.train.global_batch_size == 32 and cfg.attn_implementation == "unpadded"
+
+
+# ------------------------------------------------------------------------------- budget and accumulation
+
+
+def _no_dropout_copy(model: Path, folder: Path) -> Path:
+    """The tiny model with dropout off, so that two ways of computing one step can be compared."""
+    import shutil
+
+    shutil.copytree(model, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def _trained_weights(run: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(run / "best" / "model.safetensors"))
+
+
+def test_gradient_accumulation_trains_like_the_whole_batch(tiny, tmp_path):
+    """16 sequences a step as one batch or as 4 accumulated micro-batches of 4: the same weights."""
+    import torch
+
+    root, model, files = tiny
+    model = _no_dropout_copy(model, tmp_path / "model")
+    runs = {}
+    for k in (1, 4):
+        args = tiny_overrides(root, model, files, f"accumulate_{k}")
+        args += [f"train.output_dir={tmp_path / f'k{k}'}", "train.max_steps=5", "train.group_by_length=false"]
+        assert (
+            main(["finetune", *args, f"train.gradient_accumulation_steps={k}", "train.predict_test=false"])
+            == 0
+        )
+        runs[k] = tmp_path / f"k{k}"
+        assert json.loads((runs[k] / "metrics.json").read_text())["steps"] == 5
+    whole, accumulated = _trained_weights(runs[1]), _trained_weights(runs[4])
+    for key, value in whole.items():
+        torch.testing.assert_close(accumulated[key], value, atol=2e-5, rtol=1e-4, msg=key)
+    from safetensors.torch import load_file
+
+    key = "bert.encoder.layer.0.attention.self.query.weight"  # training moved the encoder: steps were taken
+    assert not torch.allclose(whole[key], load_file(str(model / "model.safetensors"))[key])
+
+
+def test_max_steps_wins_over_epochs_and_is_evaluated(tiny, tmp_path):
+    root, model, files = tiny
+    args = tiny_overrides(root, model, files, "steps") + [f"train.output_dir={tmp_path / 'run'}"]
+    assert (
+        main(["finetune", *args, "train.max_steps=25", "train.epochs=1"]) == 0
+    )  # 320 pairs / 16 = 20 a pass
+    result = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert result["steps"] == 25 and [h["step"] for h in result["history"]] == [20, 25]
+    assert result["train_examples"] == 320
+
+
+def test_accumulation_must_divide_the_global_batch():
+    from bert.config import ConfigError
+
+    with pytest.raises(ConfigError, match="global_batch_size must be divisible by"):
+        load_config(
+            FinetuneConfig, None, ["train.global_batch_size=30", "train.gradient_accumulation_steps=4"]
+        )
+    with pytest.raises(ConfigError, match="train.global_batch_size .sequences per optimizer step over all"):
+        load_config(FinetuneConfig, None, ["train.batch_size=32"])  # pretraining's key: one line says which

@@ -98,9 +98,20 @@ def test_glue_runs_every_task_found_and_writes_one_verdict(glue_setup, capsys):
     assert entries["mrpc"]["metric"] == "f1" and "accuracy" in entries["mrpc"]["other_metrics"]
     assert entries["stsb"]["metric"] == "pearson" and entries["mnli-mm"]["split"] == "dev_mismatched"
     assert all(e["n"] == 2 and set(e["seeds"]) == {"1", "2"} for e in entries.values())
-    assert verdict["average"] == pytest.approx(sum(e["mean"] for e in entries.values()) / 4)
+    # GLUE's average: a task scores the mean of its metrics (MRPC: F1 and accuracy; STS-B: Pearson and
+    # Spearman) and MNLI the mean of its two dev sets; the average is over tasks
+    mrpc = (entries["mrpc"]["mean"] + entries["mrpc"]["other_metrics"]["accuracy"]["mean"]) / 2
+    stsb = (entries["stsb"]["mean"] + entries["stsb"]["other_metrics"]["spearman"]["mean"]) / 2
+    mnli = (entries["mnli-m"]["mean"] + entries["mnli-mm"]["mean"]) / 2
+    assert verdict["task_scores"] == pytest.approx({"mrpc": mrpc, "stsb": stsb, "mnli": mnli})
+    assert verdict["average"] == pytest.approx((mrpc + stsb + mnli) / 3)
+    assert {e["budget"]["train_pairs"] for e in entries.values()} == {64}  # the budget is in the table
+    assert all(
+        e["budget"]["epochs"] == 1 and e["budget"]["max_train_examples"] is None for e in entries.values()
+    )
     table = (out / "glue.md").read_text()
-    assert table.count("\n| ") == 6 and "**average**" in table  # header, 4 entries, average
+    assert table.count("\n| ") == 10 and "**average**" in table  # header, 4 entries, average; budget: 1 + 3
+    assert "| mrpc | 64 | all | 1 |" in table
     assert table in capsys.readouterr().out
     for task in ("mrpc", "stsb", "mnli"):  # the per-task outputs stay as bert finetune writes them
         assert (out / task / "results.json").is_file() and (out / task / "seed_2" / "metrics.json").is_file()
@@ -189,3 +200,41 @@ def test_a_task_folder_without_training_data_is_named(tmp_path, capsys):
     assert find_tasks(data) == ["mrpc", "mnli"]
     warning = capsys.readouterr().err
     assert "STS-B has no train.tsv: stsb is left out of the verdict" in warning
+
+
+def test_new_weights_behind_the_same_path_are_trained_again(glue_setup, tmp_path, capsys):
+    """The skip fingerprint covers the weights: more pretraining behind one path is a new result."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    _, data, _ = glue_setup
+    model = make_tiny_model(tmp_path / "model")
+    out = tmp_path / "out"
+    args = ["glue", str(model), "--data", str(data), "--output", str(out), "--tasks", "mrpc", *COMMON]
+    assert main(args) == 0
+    first = json.loads((out / "glue.json").read_text())["entries"][0]
+    state = load_file(str(model / "model.safetensors"))
+    torch.manual_seed(5)
+    state = {k: v + 0.05 * torch.randn_like(v) for k, v in state.items()}  # "pretrained further"
+    save_file(state, str(model / "model.safetensors"))
+    capsys.readouterr()
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "finished earlier" not in printed and "== mrpc: bert finetune" in printed
+    again = json.loads((out / "glue.json").read_text())["entries"][0]
+    assert again["seeds"] != first["seeds"]  # the new model's results, not the old table
+    assert main(args) == 0  # unchanged weights: read back
+    assert "== mrpc: finished earlier with these settings and weights" in capsys.readouterr().out
+
+
+def test_default_output_is_named_after_the_run_and_one_seed_shows_no_spread(
+    glue_setup, tmp_path, monkeypatch, capsys
+):
+    _, data, _ = glue_setup
+    model = make_tiny_model(tmp_path / "runs_src" / "my_run" / "export")
+    monkeypatch.chdir(tmp_path)
+    one_seed = [a for a in COMMON if not a.startswith("train.seeds")] + ["train.seeds=[3]"]
+    assert main(["glue", str(model), "--data", str(data), "--tasks", "mrpc", *one_seed]) == 0
+    table = (tmp_path / "runs" / "glue" / "my_run" / "glue.md").read_text()  # not runs/glue/export
+    assert "±" not in table.split("Average:")[0].split("\n", 4)[-1]  # the result rows: one seed, no spread
+    assert "Average: mean over tasks" in table

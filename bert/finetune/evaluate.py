@@ -9,7 +9,7 @@ from typing import Any
 from bert.config import FinetuneConfig
 from bert.errors import UserError
 from bert.finetune.data import PairCollator, encode_split, eval_loader
-from bert.finetune.loop import _accelerator, load_model
+from bert.finetune.loop import finetune_accelerator, load_model
 from bert.finetune.report import predict, score, write_predictions
 from bert.tasks import load_task
 from bert.tokenizer import load_tokenizer, pair_tokenizer, tokenizer_folder
@@ -30,7 +30,7 @@ def evaluate_saved(
             f"{model_path}: the model has {saved.get('num_labels')} outputs, task '{task.name}' needs {task.num_labels}"
         )
     tokenizer = pair_tokenizer(load_tokenizer(tokenizer_folder(model_path)), cfg.train.max_length)
-    accelerator, _, _ = _accelerator(cfg, with_trackers=False)
+    accelerator, _, _ = finetune_accelerator(cfg, with_trackers=False)
     model, _ = load_model(model_path, task, cfg.attn_implementation)
     collator = PairCollator(tokenizer.token_to_id("[PAD]"), task.is_regression, cfg.train.pad_to_multiple_of)
     model = accelerator.prepare(model)

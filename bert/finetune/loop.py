@@ -16,6 +16,7 @@ import json
 import math
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from bert.finetune.data import (
     make_loader,
 )
 from bert.finetune.report import predict, score, summarise, table, write_predictions
+from bert.model.convert import weights_digest
 from bert.optim import Schedule, build_optimizer
 from bert.progress import Progress
 from bert.tasks import Task, load_task
@@ -47,7 +49,7 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     """Fine-tune `cfg.model_path` on `cfg.task` once per seed; returns (and writes) every result."""
     task = load_task(cfg.task)
     check_model(cfg)
-    accelerator, trackers, init_kwargs = _accelerator(cfg, with_trackers=True)
+    accelerator, trackers, init_kwargs = finetune_accelerator(cfg, with_trackers=True)
     out = Path(cfg.train.output_dir)
     with main_process_first(accelerator, "bert/model_path"):
         model_path = resolve_model_path(cfg.model_path, out, accelerator.is_main_process)
@@ -70,7 +72,13 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
             f"finetune {task.name}: {len(data.train)} train, "
             + ", ".join(f"{len(v)} {k}" for k, v in data.dev.items())
             + (", " + ", ".join(f"{len(v)} {k}" for k, v in data.test.items()) if data.test else "")
-            + f" pairs; model {cfg.model_path}; {accelerator.num_processes} process(es) on {accelerator.device}",
+            + f" pairs; model {cfg.model_path}; {accelerator.num_processes} process(es) on {accelerator.device}; "
+            + f"batch {cfg.train.global_batch_size} sequences a step"
+            + (
+                f" ({cfg.train.gradient_accumulation_steps} micro-batches of {cfg.train.micro_batch_size})"
+                if cfg.train.gradient_accumulation_steps > 1
+                else ""
+            ),
             flush=True,
         )
     seeds = list(cfg.train.seeds)
@@ -100,6 +108,151 @@ def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     return summary
 
 
+@dataclass
+class SeedParts:
+    """What one seed trains with, built by `seed_parts`: the prepared model, optimizer, loaders and schedule."""
+
+    model: Any
+    optimizer: Any
+    sampler: LengthGroupedBatchSampler
+    train_loader: Any
+    dev_loaders: dict[str, Any]
+    collator: PairCollator
+    schedule: Schedule
+    total_steps: int
+    fast_paths: list[str]
+
+
+@dataclass
+class Counters:
+    """Optimizer steps taken (`step`) and the steps the schedule has advanced (`lr_step`: an fp16 overflow
+    skips an update, and the schedule waits for it); `lr` is the rate of the last step."""
+
+    step: int = 0
+    lr_step: int = 0
+    lr: float = 0.0
+
+
+@dataclass
+class Best:
+    """The best epoch so far by the task's metric: its value, its dev record and its weights (on the CPU)."""
+
+    value: float = -math.inf
+    epoch: int = 0
+    record: dict[str, Any] = field(default_factory=dict)
+    state: dict[str, torch.Tensor] | None = None
+
+    def offer(self, value: float, epoch: int, record: dict[str, Any], model: torch.nn.Module) -> bool:
+        """Keep this epoch when it beats the best so far (or is the first); returns whether it was kept."""
+        if value <= self.value and self.state is not None:
+            return False
+        self.value, self.epoch, self.record = value, epoch, record
+        self.state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        return True
+
+
+def steps_per_epoch(batches: int, accumulation: int) -> int:
+    """Optimizer steps of one pass over `batches` micro-batches (the last step may take fewer)."""
+    return max(1, math.ceil(batches / accumulation))
+
+
+def planned_steps(train_cfg: Any, batches: int) -> int:
+    """The optimizer steps of a seed: `train.max_steps` when set, else `train.epochs` passes."""
+    if train_cfg.max_steps is not None:
+        return train_cfg.max_steps
+    return max(
+        1, math.ceil(train_cfg.epochs * steps_per_epoch(batches, train_cfg.gradient_accumulation_steps))
+    )
+
+
+def seed_parts(cfg: FinetuneConfig, task: Task, data: FinetuneData, accelerator: Any, seed: int) -> SeedParts:
+    """The model (from cfg.model_path, with the task's head), optimizer, loaders and schedule of one seed."""
+    train_cfg = cfg.train
+    model, _ = load_model(cfg.model_path, task, cfg.attn_implementation)
+    model, paths = prepare_model(model, accelerator.device, train_cfg)
+    optimizer = build_optimizer(model, cfg.optimizer)
+    sampler = LengthGroupedBatchSampler(
+        data.train.lengths,
+        train_cfg.micro_batch_size,
+        seed,
+        train_cfg.mega_batch,
+        group=train_cfg.group_by_length,
+    )
+    collator = PairCollator(data.pad_token_id, task.is_regression, train_cfg.pad_to_multiple_of)
+    train_loader = make_loader(data.train, sampler, collator, train_cfg.num_workers)
+    dev_loaders = {
+        name: eval_loader(split, collator, train_cfg.eval_batch_size, train_cfg.num_workers)
+        for name, split in data.dev.items()
+    }
+    total_steps = planned_steps(train_cfg, len(sampler))
+    model, optimizer, train_loader, *dev_list = accelerator.prepare(
+        model, optimizer, train_loader, *dev_loaders.values()
+    )
+    return SeedParts(
+        model, optimizer, sampler, train_loader, dict(zip(dev_loaders, dev_list)), collator,
+        Schedule(cfg.optimizer, total_steps), total_steps, paths.names(),
+    )  # fmt: skip
+
+
+def train_epoch(
+    cfg: FinetuneConfig,
+    task: Task,
+    parts: SeedParts,
+    accelerator: Any,
+    counters: Counters,
+    progress: Progress,
+) -> float:
+    """One pass over the training set (or up to the planned step count); returns its mean loss. Every
+    `train.gradient_accumulation_steps` micro-batches make one optimizer step."""
+    model, optimizer, train_cfg = parts.model, parts.optimizer, cfg.train
+    release_every = train_cfg.release_memory_every if accelerator.device.type == "cpu" else None
+    loss_sum, loss_count = torch.zeros((), device=accelerator.device), 0
+    model.train()
+    for batch in parts.train_loader:
+        with accelerator.accumulate(model):
+            logits = model(**batch.model_inputs()).logits  # (B, C)
+            loss = task_loss(logits, batch.labels, task.is_regression)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and cfg.optimizer.max_grad_norm is not None:
+                accelerator.clip_grad_norm_(model.parameters(), cfg.optimizer.max_grad_norm)
+            counters.lr = parts.schedule.apply(optimizer, counters.lr_step)
+            optimizer.step()  # Accelerate steps only at the end of an accumulation
+            optimizer.zero_grad(set_to_none=True)
+        loss_sum += loss.detach()
+        loss_count += 1
+        if not accelerator.sync_gradients:
+            continue
+        if not accelerator.optimizer_step_was_skipped:  # fp16 overflow: the schedule waits too
+            counters.lr_step += 1
+        counters.step += 1
+        if release_every and counters.step % release_every == 0:
+            release_freed_memory()
+        if counters.step % train_cfg.log_every == 0:
+            mean_loss = loss_sum.item() / loss_count
+            progress.update(1, loss=mean_loss)
+            accelerator.log({"train/loss": mean_loss, "train/lr": counters.lr}, step=counters.step)
+        else:
+            progress.update(1)
+        if counters.step >= parts.total_steps:
+            break
+    return loss_sum.item() / max(loss_count, 1)
+
+
+def evaluate_dev(
+    cfg: FinetuneConfig, task: Task, parts: SeedParts, data: FinetuneData, accelerator: Any
+) -> dict[str, dict[str, float]]:
+    """The task's metrics on every dev split: {split: {metric: value}}."""
+    metrics = {
+        name: score(
+            task, predict(parts.model, loader, accelerator, len(data.dev[name])), data.dev[name].labels
+        )
+        for name, loader in parts.dev_loaders.items()
+    }
+    if accelerator.device.type == "cpu" and cfg.train.release_memory_every:
+        release_freed_memory()
+    return metrics
+
+
 def train_one_seed(
     cfg: FinetuneConfig,
     task: Task,
@@ -108,128 +261,82 @@ def train_one_seed(
     seed: int,
     run_dir: Path,
 ) -> dict[str, Any]:
+    """Train, evaluate after each epoch, keep the best epoch's model; then test predictions and the result."""
     from accelerate.utils import set_seed
 
     started = time.perf_counter()
     set_seed(seed)
-    train_cfg = cfg.train
-    model, _ = load_model(cfg.model_path, task, cfg.attn_implementation)
-    model, paths = prepare_model(model, accelerator.device, train_cfg)
-    optimizer = build_optimizer(model, cfg.optimizer)
-    sampler = LengthGroupedBatchSampler(
-        data.train.lengths, train_cfg.batch_size, seed, train_cfg.mega_batch, group=train_cfg.group_by_length
-    )
-    collator = PairCollator(data.pad_token_id, task.is_regression, train_cfg.pad_to_multiple_of)
-    train_loader = make_loader(data.train, sampler, collator, train_cfg.num_workers)
-    dev_loaders = {
-        name: eval_loader(split, collator, train_cfg.eval_batch_size, train_cfg.num_workers)
-        for name, split in data.dev.items()
-    }
-    total_steps = max(1, math.ceil(train_cfg.epochs * len(sampler)))
-    schedule = Schedule(cfg.optimizer, total_steps)
-    model, optimizer, train_loader, *dev_list = accelerator.prepare(
-        model, optimizer, train_loader, *dev_loaders.values()
-    )
-    dev_loaders = dict(zip(dev_loaders, dev_list))
-    main_split = next(iter(dev_loaders))
-    best_dir = run_dir / "best"
-
-    step, lr_step, best, best_epoch, best_state, best_record, history = 0, 0, -math.inf, 0, None, {}, []
+    parts = seed_parts(cfg, task, data, accelerator, seed)
+    main_split = next(iter(parts.dev_loaders))
+    best, counters, history = Best(), Counters(), []
     progress = Progress(
-        total_steps,
+        parts.total_steps,
         desc=f"seed {seed}",
         enabled=accelerator.is_main_process and cfg.logging.progress_bar,
         interval=cfg.logging.progress_interval,
     )
-    epochs = math.ceil(train_cfg.epochs)
-    release_every = train_cfg.release_memory_every if accelerator.device.type == "cpu" else None
+    epochs = math.ceil(
+        parts.total_steps / steps_per_epoch(len(parts.sampler), cfg.train.gradient_accumulation_steps)
+    )
     for epoch in range(epochs):
-        model.train()
-        sampler.set_epoch(epoch)
-        loss_sum, loss_count = torch.zeros((), device=accelerator.device), 0
-        for batch in train_loader:
-            logits = model(**batch.model_inputs()).logits  # (B, C)
-            loss = task_loss(logits, batch.labels, task.is_regression)
-            accelerator.backward(loss)
-            if cfg.optimizer.max_grad_norm is not None:
-                accelerator.clip_grad_norm_(model.parameters(), cfg.optimizer.max_grad_norm)
-            lr = schedule.apply(optimizer, lr_step)
-            optimizer.step()
-            if not accelerator.optimizer_step_was_skipped:  # fp16 overflow: the schedule waits too
-                lr_step += 1
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            if release_every and step % release_every == 0:
-                release_freed_memory()
-            loss_sum += loss.detach()
-            loss_count += 1
-            if step % train_cfg.log_every == 0:
-                mean_loss = loss_sum.item() / loss_count
-                progress.update(1, loss=mean_loss)
-                accelerator.log({"train/loss": mean_loss, "train/lr": lr}, step=step)
-            else:
-                progress.update(1)
-            if step >= total_steps:
-                break
-        last = epoch == epochs - 1 or step >= total_steps
-        if not (train_cfg.eval_every_epoch or last):
+        parts.sampler.set_epoch(epoch)
+        epoch_loss = train_epoch(cfg, task, parts, accelerator, counters, progress)
+        last = epoch == epochs - 1 or counters.step >= parts.total_steps
+        if not (cfg.train.eval_every_epoch or last):
             continue
-        dev_metrics = {
-            name: score(task, predict(model, loader, accelerator, len(data.dev[name])), data.dev[name].labels)
-            for name, loader in dev_loaders.items()
-        }
-        if release_every:
-            release_freed_memory()
-        record = {"epoch": epoch + 1, "step": step, "train/epoch_loss": loss_sum.item() / max(loss_count, 1)}
+        dev_metrics = evaluate_dev(cfg, task, parts, data, accelerator)
+        record = {"epoch": epoch + 1, "step": counters.step, "train/epoch_loss": epoch_loss}
         record.update({f"{name}/{k}": v for name, m in dev_metrics.items() for k, v in m.items()})
         history.append(record)
-        accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
-        value = dev_metrics[main_split][task.main_metric]
-        improved = value > best or best_state is None
-        if improved:
-            best, best_epoch, best_record = value, epoch + 1, record
-            unwrapped = accelerator.unwrap_model(model)
-            best_state = {k: v.detach().to("cpu", copy=True) for k, v in unwrapped.state_dict().items()}
-            if train_cfg.save_model and accelerator.is_main_process:
-                save_model(unwrapped, task, cfg.model_path, best_dir)
+        accelerator.log({k: v for k, v in record.items() if k != "step"}, step=counters.step)
+        unwrapped = accelerator.unwrap_model(parts.model)
+        improved = best.offer(dev_metrics[main_split][task.main_metric], epoch + 1, record, unwrapped)
+        if improved and cfg.train.save_model and accelerator.is_main_process:
+            save_model(unwrapped, task, cfg.model_path, run_dir / "best")
         if accelerator.is_main_process:
             shown = "  ".join(f"{name} {k} {v:.4f}" for name, m in dev_metrics.items() for k, v in m.items())
             progress.write(
-                f"seed {seed} epoch {epoch + 1}: train loss {record['train/epoch_loss']:.4f}  {shown}"
+                f"seed {seed} epoch {epoch + 1}: train loss {epoch_loss:.4f}  {shown}"
                 + ("  (best)" if improved else "")
             )
-        if step >= total_steps:
+        if last:
             break
     progress.close()
     train_seconds = time.perf_counter() - started
-
-    accelerator.unwrap_model(model).load_state_dict(best_state)
-    del best_state
-    dev_best = {name: {k: best_record[f"{name}/{k}"] for k in task.metrics} for name in dev_loaders}
-    for name, split in data.test.items():
-        loader = accelerator.prepare(eval_loader(split, collator, train_cfg.eval_batch_size))
-        outputs = predict(model, loader, accelerator, len(split))
-        if accelerator.is_main_process:
-            write_predictions(
-                task, data.test_examples[name], outputs, run_dir / "predictions" / f"{name}.tsv"
-            )
+    accelerator.unwrap_model(parts.model).load_state_dict(best.state)
+    best.state = None
+    write_test_predictions(task, data, parts, accelerator, run_dir, cfg.train.eval_batch_size)
     result = {
         "seed": seed,
-        "best_epoch": best_epoch,
+        "best_epoch": best.epoch,
         "main_metric": task.main_metric,
-        "dev": dev_best,
+        "dev": {name: {k: best.record[f"{name}/{k}"] for k in task.metrics} for name in parts.dev_loaders},
         "history": history,
-        "steps": step,
+        "steps": counters.step,
+        "train_examples": len(data.train),
         "seconds": round(time.perf_counter() - started, 2),
         "train_seconds": round(train_seconds, 2),
-        "model": str(best_dir) if train_cfg.save_model else None,
-        "fast_paths": paths.names(),
+        "model": str(run_dir / "best") if cfg.train.save_model else None,
+        "fast_paths": parts.fast_paths,
         "settings": settings_fingerprint(cfg, seed),
     }
     if accelerator.is_main_process:
         fs.atomic_write_text(run_dir / "metrics.json", json.dumps(result, indent=2) + "\n")
-    accelerator.free_memory(model, optimizer)
+    accelerator.free_memory(parts.model, parts.optimizer)
     return result
+
+
+def write_test_predictions(
+    task: Task, data: FinetuneData, parts: SeedParts, accelerator: Any, run_dir: Path, batch_size: int
+) -> None:
+    """The model's predictions on every test split, as GLUE submission files under <run>/predictions."""
+    for name, split in data.test.items():
+        loader = accelerator.prepare(eval_loader(split, parts.collator, batch_size))
+        outputs = predict(parts.model, loader, accelerator, len(split))
+        if accelerator.is_main_process:
+            write_predictions(
+                task, data.test_examples[name], outputs, run_dir / "predictions" / f"{name}.tsv"
+            )
 
 
 # --------------------------------------------------------------------------------------- the model
@@ -333,11 +440,13 @@ def save_model(model: torch.nn.Module, task: Task, model_path: str | Path, folde
 
 
 def settings_fingerprint(cfg: FinetuneConfig, seed: int) -> str:
-    """What decides a seed's result: the config but the seed list, where it is written and how it is shown."""
+    """What decides a seed's result: the config but the seed list, where it is written and how it is shown;
+    and the model's weights (the same path may hold another model after more pretraining)."""
     settings = to_dict(cfg)
     settings["train"] = {k: v for k, v in settings["train"].items() if k not in _NOT_SETTINGS}
     settings.pop("logging", None)
     settings["seed"] = seed
+    settings["weights"] = weights_digest(cfg.model_path)
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -374,7 +483,7 @@ def _start_seed_trackers(
     start_trackers(accelerator, cfg.logging.project, cfg, init_kwargs, metrics)
 
 
-def _accelerator(cfg: FinetuneConfig, with_trackers: bool) -> tuple[Any, list[str], dict]:
+def finetune_accelerator(cfg: FinetuneConfig, with_trackers: bool) -> tuple[Any, list[str], dict]:
     from bert.tracking import tracker_setup
 
     trackers, init_kwargs = ([], {})
@@ -382,9 +491,13 @@ def _accelerator(cfg: FinetuneConfig, with_trackers: bool) -> tuple[Any, list[st
     if with_trackers:
         run_id = hashlib.sha1(str(Path(cfg.train.output_dir).resolve()).encode()).hexdigest()[:8]
         trackers, init_kwargs = tracker_setup(cfg.logging, run_id, run_name, cfg.train.output_dir)
-    # batch_size is the global batch: every optimizer step sees batch_size rows, split over processes.
+    # global_batch_size rows make an optimizer step: k micro-batches, each split over the processes.
     accelerator = make_accelerator(
-        cfg.train.mixed_precision, cfg.train.output_dir, log_with=trackers, split_batches=True
+        cfg.train.mixed_precision,
+        cfg.train.output_dir,
+        log_with=trackers,
+        gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
+        split_batches=True,
     )
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     torch.set_num_threads(cfg.train.num_threads or max(1, len(os.sched_getaffinity(0)) // local))

@@ -12,6 +12,7 @@ missing, unexpected or mismatched, for the caller to report.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,6 +66,24 @@ def read_state_dict(folder: str | Path) -> dict[str, torch.Tensor]:
                 f"run. Convert it to {SAFETENSORS_NAME} where you trust it, or use a safetensors checkpoint"
             ) from None
     raise UserError(f"{folder}: no {SAFETENSORS_NAME} or {PYTORCH_NAME} in the model folder")
+
+
+def weights_digest(folder: str | Path) -> str | None:
+    """A hash of a model folder's weights file (None when it has none): what a result was computed from,
+    whatever the folder's path. Cached by the file's size and modification time."""
+    for name in (SAFETENSORS_NAME, PYTORCH_NAME):
+        path = Path(folder) / name
+        if path.is_file():
+            stat = path.stat()
+            return _digest(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    return None
+
+
+@functools.lru_cache(maxsize=16)
+def _digest(path: str, size: int, mtime_ns: int) -> str:
+    from bert.fs import file_sha256
+
+    return file_sha256(Path(path))[:16]
 
 
 def normalize_keys(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
