@@ -11,6 +11,7 @@ line and exit status 2 before any data is prepared or any model built.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar, Literal
 
 from bert.model.config import BertConfig
@@ -356,6 +357,37 @@ class PretrainConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    INHERITED_MODEL_KEYS: ClassVar[tuple[str, ...]] = (
+        "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+        "hidden_act", "hidden_dropout_prob", "attention_probs_dropout_prob", "max_position_embeddings",
+        "type_vocab_size", "initializer_range", "layer_norm_eps", "pad_token_id", "pre_layer_norm",
+    )  # fmt: skip
+    """What `train.init_from` gives the model section: its shape, not how this run computes attention."""
+
+    @classmethod
+    def complete_raw(cls, data: dict) -> None:
+        """`train.init_from=FOLDER` (a Hugging Face BERT or an export) gives the model its shape and the
+        data its tokenizer, unless the config sets them. A model section given as a preset sets every key;
+        a mapping sets the keys it names. A shape the config sets differently is refused at start-up."""
+        from bert.model.config import read_config_json
+
+        train = data.get("train")
+        folder = train.get("init_from") if isinstance(train, dict) else None
+        if not isinstance(folder, str) or not folder:
+            return
+        source = read_config_json(folder)
+        model = data.setdefault("model", {})
+        if isinstance(model, dict) and not model.get("_preset"):
+            for key in cls.INHERITED_MODEL_KEYS:
+                if key not in model and key in source:
+                    model[key] = source[key]
+            if source.get("model_type") == "bertsmith-preln":
+                model.setdefault("pre_layer_norm", True)
+        data_section = data.setdefault("data", {})
+        has_tokenizer = any((Path(folder) / name).is_file() for name in ("tokenizer.json", "vocab.txt"))
+        if isinstance(data_section, dict) and "tokenizer" not in data_section and has_tokenizer:
+            data_section["tokenizer"] = str(folder)
 
     def __post_init__(self) -> None:
         positions = self.model.max_position_embeddings

@@ -52,6 +52,9 @@ def load_config(
                 f"override {item!r} is not of the form key=value (for example train.max_steps=100)"
             )
         _set_dotted(data, key.strip(), _parse_value(raw))
+    complete = getattr(cls, "complete_raw", None)
+    if complete is not None:  # a schema may fill what the user left unset from elsewhere (a model folder)
+        complete(data)
     return build(cls, data, base_dir=base_dir)
 
 

@@ -34,6 +34,7 @@ from bert.finetune.data import (
     make_loader,
 )
 from bert.finetune.report import predict, score, summarise, table, write_predictions
+from bert.model.config import read_config_json
 from bert.model.convert import weights_digest
 from bert.optim import Schedule, build_optimizer
 from bert.progress import Progress
@@ -351,16 +352,13 @@ def check_model(cfg: FinetuneConfig) -> None:
     path = Path(cfg.model_path)
     if not path.is_dir():
         raise UserError(f"{cfg.model_path}: model folder not found")
-    for config_file in (path / "config.json", path / "export" / "config.json"):
-        if config_file.is_file():
-            try:
-                positions = json.loads(config_file.read_text()).get("max_position_embeddings")
-            except ValueError:
-                raise UserError(f"{config_file}: not valid JSON") from None
+    for folder in (path, path / "export"):
+        if (folder / "config.json").is_file():
+            positions = read_config_json(folder).get("max_position_embeddings")
             if isinstance(positions, int) and cfg.train.max_length > positions:
                 raise UserError(
                     f"train.max_length must be at most the model's max_position_embeddings ({positions}, "
-                    f"{config_file}), got {cfg.train.max_length}"
+                    f"{folder / 'config.json'}), got {cfg.train.max_length}"
                 )
             return
 

@@ -12,8 +12,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-# Fields we write to config.json that are not ours; `transformers` needs them to pick the right class.
-_HF_EXTRA = {"model_type": "bert"}
+# Fields transformers writes in a BERT config.json that this project does not model (their values never
+# change for an encoder); written so that config.json reads as transformers itself would write it.
+_HF_EXTRA = {
+    "model_type": "bert",
+    "is_decoder": False,
+    "add_cross_attention": False,
+    "use_cache": True,
+    "tie_word_embeddings": True,
+    "bos_token_id": None,
+    "eos_token_id": None,
+    "dtype": "float32",
+}
+PRE_LN_MODEL_TYPE = "bertsmith-preln"
+"""The `model_type` of a pre-LayerNorm model's config.json. transformers' BERT is post-LN and would load a
+pre-LN checkpoint silently as post-LN (every weight fits); under this name AutoConfig and AutoModel refuse it
+and the BERT classes warn of the type, while this project's loaders read it."""
+MODEL_TYPES = ("bert", PRE_LN_MODEL_TYPE)
+_OLDEST_TRANSFORMERS = "4.40.0"  # the oldest transformers the exports are written for (pyproject's hf extra)
 # `transformers` treats an `attn_implementation` key in config.json as an order (and rejects 'unpadded'), so
 # config.json stores our attention path under this name instead; `from_dict` reads both.
 _ATTN_KEY = "bert_attn_implementation"
@@ -111,7 +127,9 @@ class BertConfig:
         """Write config.json in the layout `transformers.BertConfig.from_pretrained` reads."""
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
-        data = {**_HF_EXTRA, **self.to_dict()}
+        data = {**_HF_EXTRA, **self.to_dict(), "transformers_version": transformers_version()}
+        if self.pre_layer_norm:
+            data["model_type"] = PRE_LN_MODEL_TYPE
         data[_ATTN_KEY] = data.pop("attn_implementation")
         data["id2label"] = {str(i): f"LABEL_{i}" for i in range(self.num_labels)}
         data["label2id"] = {f"LABEL_{i}": i for i in range(self.num_labels)}
@@ -119,7 +137,37 @@ class BertConfig:
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> BertConfig:
-        path = Path(directory) / "config.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no config.json in the model folder")
-        return cls.from_dict(json.loads(path.read_text()))
+        return cls.from_dict(read_config_json(directory))
+
+
+def read_config_json(folder: str | Path) -> dict[str, Any]:
+    """A model folder's config.json, checked to describe a BERT (this project's or transformers'); every
+    problem is one line (UserError): no file, not JSON, another architecture."""
+    from bert.errors import UserError
+
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        raise UserError(f"{folder}: not a model folder (no config.json)")
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        raise UserError(f"{path}: not valid JSON") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a JSON object")
+    model_type = data.get("model_type", "bert")  # configs of the oldest BERT conversions have none
+    if model_type not in MODEL_TYPES:
+        raise UserError(
+            f"{folder}: a {model_type!r} model, not a BERT ({' or '.join(MODEL_TYPES)}); its weights "
+            "would not fit this encoder"
+        )
+    return data
+
+
+def transformers_version() -> str:
+    """The installed transformers' version (what config.json records), else the oldest one supported."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("transformers")
+    except PackageNotFoundError:
+        return _OLDEST_TRANSFORMERS

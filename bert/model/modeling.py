@@ -19,7 +19,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bert.errors import UserError
 from bert.model import convert
 from bert.model.config import BertConfig
 from bert.model.embeddings import BertEmbeddings
@@ -84,8 +83,6 @@ class BertPreTrainedModel(nn.Module):
         nothing; otherwise missing weights are named in a warning.
         """
         folder = Path(folder)
-        if not (folder / "config.json").is_file():
-            raise UserError(f"{folder}: not a model folder (no config.json)")
         config = dataclasses.replace(BertConfig.from_pretrained(folder), **config_overrides)
         model = cls(config)
         state = convert.normalize_keys(convert.read_state_dict(folder), cls.base_model_prefix)

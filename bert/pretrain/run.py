@@ -573,7 +573,10 @@ def _load_init(model: Any, folder: str, pad_vocab_multiple: int = 1) -> None:
         if source_cfg[k] != own_cfg[k]
     ]
     if differ:
-        raise UserError(f"train.init_from={folder}: the model differs in {'; '.join(differ)}")
+        raise UserError(
+            f"train.init_from={folder}: the model differs in {'; '.join(differ)} (the config sets the model; "
+            "leave its model section out to take the folder's shape)"
+        )
     state = convert.normalize_keys(convert.read_state_dict(folder), model.base_model_prefix)
     # phase 2 may extend the position table: the saved rows are copied, the new ones keep their init
     convert.load_weights(
