@@ -374,8 +374,8 @@ class PretrainConfig:
 
         train = data.get("train")
         folder = train.get("init_from") if isinstance(train, dict) else None
-        if not isinstance(folder, str) or not folder:
-            return
+        if not isinstance(folder, str) or not (Path(folder) / "config.json").is_file():
+            return  # not made yet (phase 2 before phase 1): start-up says so when it loads the weights
         source = read_config_json(folder)
         model = data.setdefault("model", {})
         if isinstance(model, dict) and not model.get("_preset"):

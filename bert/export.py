@@ -1,6 +1,6 @@
 """Export: a training checkpoint (or the end of a run) as a Hugging Face model folder with its tokenizer.
 
-The folder holds config.json, model.safetensors and the tokenizer; `transformers.BertForPreTraining`,
+The folder holds config.json, model.safetensors, the tokenizer and a model card (README.md, bert/card.py); `transformers.BertForPreTraining`,
 `AutoTokenizer` and `bert finetune` load it. A checkpoint is verified (sizes and hashes) before it is read.
 """
 
@@ -26,14 +26,18 @@ def copy_tokenizer(source: str | Path | None, output: str | Path) -> None:
             shutil.copy2(path, Path(output) / path.name)
 
 
-def write_export(model: Any, tokenizer_dir: str | Path | None, output: str | Path) -> Path:
-    """Save `model` (on the CPU) with its tokenizer as a Hugging Face folder, atomically. The tokenizer's
-    `model_max_length` becomes the model's position count, so that `tokenizer(text, truncation=True)` in
-    transformers never makes a sequence the model cannot embed."""
+def write_export(
+    model: Any, tokenizer_dir: str | Path | None, output: str | Path, card: str | None = None
+) -> Path:
+    """Save `model` (on the CPU) with its tokenizer and model card (README.md) as a Hugging Face folder,
+    atomically. The tokenizer's `model_max_length` becomes the model's position count, so that
+    `tokenizer(text, truncation=True)` in transformers never makes a sequence the model cannot embed."""
     with fs.atomic_folder(output) as temp:
         model.save_pretrained(temp)
         copy_tokenizer(tokenizer_dir, temp)
         limit_tokenizer_length(temp, model.config.max_position_embeddings)
+        if card is not None:
+            (temp / "README.md").write_text(card)
     return Path(output)
 
 
@@ -94,5 +98,9 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path) -> Path:
             f"{folder / MODEL}: weights do not match the model: missing {report.missing}, "
             f"unexpected {report.unexpected}"
         )
+    from bert.card import pretraining_card
+
+    parameters = sum(p.numel() for p in model.parameters())
+    card = pretraining_card({**meta, "config": {**meta["config"], "model": config.to_dict()}}, parameters)
     with torch.no_grad():
-        return write_export(model, folder / "tokenizer", output)
+        return write_export(model, folder / "tokenizer", output, card)

@@ -142,6 +142,10 @@ def run_glue(
     fs.atomic_write_text(output / "glue.md", table + "\n")
     print(table)
     print(f"written: {output / 'glue.json'}, {output / 'glue.md'}")
+    from bert.card import add_glue_table
+
+    if add_glue_table(model_path, table):
+        print(f"the table is in the model card too: {Path(model_path) / 'README.md'}")
     log_to_dashboards(verdict, table, next(iter(configs.values())), output, label)
     return verdict
 

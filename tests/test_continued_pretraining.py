@@ -87,7 +87,9 @@ def test_continuing_minilm_keeps_its_vocabulary_and_lowers_held_out_mlm_loss(tmp
     result = pretrain(cfg)
     evals = [h for h in result["history"] if "eval/mlm_loss" in h]
     before, after = evals[0]["eval/mlm_loss"], evals[-1]["eval/mlm_loss"]
-    print(f"held-out MLM loss: {before:.3f} at step {evals[0]['step']} -> {after:.3f} at step {evals[-1]['step']}")
+    print(
+        f"held-out MLM loss: {before:.3f} at step {evals[0]['step']} -> {after:.3f} at step {evals[-1]['step']}"
+    )
     assert evals[0]["step"] == 0 and evals[-1]["step"] == 40
     assert after < before - 1.0
     export = Path(result["export"])

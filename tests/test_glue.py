@@ -238,3 +238,22 @@ def test_default_output_is_named_after_the_run_and_one_seed_shows_no_spread(
     table = (tmp_path / "runs" / "glue" / "my_run" / "glue.md").read_text()  # not runs/glue/export
     assert "±" not in table.split("Average:")[0].split("\n", 4)[-1]  # the result rows: one seed, no spread
     assert "Average: mean over tasks" in table
+
+
+def test_the_glue_table_goes_into_the_models_card_and_best_folders_have_cards(glue_setup, tmp_path):
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+    from bert.card import pretraining_card
+
+    _, data, _ = glue_setup
+    model = make_tiny_model(tmp_path / "model")
+    (model / "README.md").write_text(
+        pretraining_card({"config": {"model": json.loads((model / "config.json").read_text())}})
+    )
+    out = tmp_path / "out"
+    args = ["glue", str(model), "--data", str(data), "--output", str(out), "--tasks", "mrpc", *COMMON]
+    for _ in range(2):  # a second run replaces the table, it does not add one
+        assert main(args) == 0
+    card = (model / "README.md").read_text()
+    assert card.count("## GLUE (dev sets, `bert glue`)") == 1 and "| mrpc | f1 |" in card
+    best = huggingface_hub.ModelCard.load(out / "mrpc" / "seed_1" / "best" / "README.md")
+    assert best.data.pipeline_tag == "text-classification" and "dev f1: " in best.text

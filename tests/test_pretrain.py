@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -175,3 +176,46 @@ def test_an_exported_tokenizer_truncates_to_the_models_positions(cache, tmp_path
     assert encoded["input_ids"].shape[1] == 64
     with torch.no_grad():
         model(**encoded)  # runs: no position beyond the table
+
+
+def test_an_export_carries_a_model_card_the_hub_reads(cache, tmp_path):
+    """README.md with Hugging Face metadata and the run's facts, in the run's export and in `bert export`'s."""
+    huggingface_hub = pytest.importorskip("huggingface_hub")
+    from bert.export import export_checkpoint
+
+    run = tmp_path / "run"
+    result = pretrain_here(cache, run, "train.max_steps=2", "train.eval_every=2")
+    for folder in (Path(result["export"]), export_checkpoint(run, tmp_path / "exported")):
+        card = huggingface_hub.ModelCard.load(folder / "README.md")
+        assert card.data.library_name == "transformers" and card.data.pipeline_tag == "fill-mask"
+        text = card.text
+        assert "BERT L2/H32/A2" in text and "Steps: 2;" in text and "Hardware: 1 x " in text
+        assert "precision: no" in text and "MLM loss: " in text and "Prepared: " in text
+        assert "How to reproduce" in text and "max_steps: 2" in text  # the resolved config
+        config = json.loads((folder / "config.json").read_text())
+        assert (
+            config["transformers_version"] and config["model_type"] == "bert" and config["use_cache"] is True
+        )
+
+
+def test_a_pre_ln_export_cannot_load_silently_as_post_ln(cache, tmp_path, caplog):
+    """transformers' BERT is post-LN: a pre-LN export names its own model type, which AutoConfig and
+    AutoModel refuse and the BERT classes warn of; this project's loader reads it with the same outputs."""
+    transformers = pytest.importorskip("transformers")
+    import logging
+
+    from bert.model import BertForPreTraining
+
+    result = pretrain_here(cache, tmp_path / "run", "train.max_steps=1", "model.pre_layer_norm=true")
+    folder = Path(result["export"])
+    assert json.loads((folder / "config.json").read_text())["model_type"] == "bertsmith-preln"
+    for loader in (transformers.AutoConfig, transformers.AutoModel, transformers.AutoModelForMaskedLM):
+        with pytest.raises(ValueError, match="bertsmith-preln"):
+            loader.from_pretrained(folder)
+    transformers.logging.enable_propagation()
+    with caplog.at_level(logging.WARNING):
+        transformers.BertForPreTraining.from_pretrained(folder)
+    assert "bertsmith-preln" in caplog.text  # the direct class says it is another type
+    ours = BertForPreTraining.from_pretrained(folder)
+    assert ours.config.pre_layer_norm is True
+    assert "load it with bertsmith" in (folder / "README.md").read_text()

@@ -293,7 +293,13 @@ def train_one_seed(
         unwrapped = accelerator.unwrap_model(parts.model)
         improved = best.offer(dev_metrics[main_split][task.main_metric], epoch + 1, record, unwrapped)
         if improved and cfg.train.save_model and accelerator.is_main_process:
-            save_model(unwrapped, task, cfg.model_path, run_dir / "best")
+            card_facts = {
+                "seed": seed,
+                "epoch": epoch + 1,
+                "dev": dev_metrics,
+                "train_examples": len(data.train),
+            }
+            save_model(unwrapped, task, cfg, run_dir / "best", card_facts)
         if accelerator.is_main_process:
             shown = "  ".join(f"{name} {k} {v:.4f}" for name, m in dev_metrics.items() for k, v in m.items())
             progress.write(
@@ -415,13 +421,19 @@ def task_loss(logits: torch.Tensor, labels: torch.Tensor, regression: bool) -> t
     return F.cross_entropy(logits.float(), labels)  # logits (B, C)
 
 
-def save_model(model: torch.nn.Module, task: Task, model_path: str | Path, folder: Path) -> None:
-    """The model in Hugging Face layout with the tokenizer files, and the label names in config.json."""
+def save_model(
+    model: torch.nn.Module, task: Task, cfg: FinetuneConfig, folder: Path, facts: dict[str, Any]
+) -> None:
+    """The model in Hugging Face layout with the tokenizer files, the label names in config.json and a
+    model card (README.md) with the dev metrics of `facts` and the recipe."""
     import shutil
+
+    from bert.card import finetuned_card
 
     with fs.atomic_folder(folder) as temp:
         model.save_pretrained(temp)
-        source = tokenizer_folder(model_path)
+        (temp / "README.md").write_text(finetuned_card(task.name, task.labels, facts, to_dict(cfg)))
+        source = tokenizer_folder(cfg.model_path)
         for name in TOKENIZER_FILES:
             if (source / name).is_file():
                 shutil.copy2(source / name, temp / name)

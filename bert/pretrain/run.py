@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from bert import checkpoint as ckpt
 from bert import fs
 from bert.budget import Budget, parse_duration
+from bert.card import pretraining_card, provenance
 from bert.config import PretrainConfig, flatten, save_config, to_dict
 from bert.errors import UserError
 from bert.export import write_export
@@ -58,6 +59,7 @@ class Run:
         self.trackers_started = False
         self.set_aside: list[Path] = []
         self.resuming = cfg.train.resume
+        self.provenance: dict[str, Any] = {}  # where and how the run ran, for the model card (bert/card.py)
 
     @classmethod
     def start(cls, cfg: PretrainConfig) -> Run:
@@ -138,6 +140,7 @@ class Run:
             prepared = run_prepare(cfg, progress=self.main)
         self.prepared = Path(prepared)
         splits, data_meta = load_prepared(prepared)
+        self.provenance = provenance(accelerator, self.prepared, data_meta)
         self.tokenizer_dir = Path(prepared) / "tokenizer"
         vocab_size = data_meta.get("vocab_size")
         self.tokenizer_vocab = vocab_size if isinstance(vocab_size, int) else cfg.model.vocab_size
@@ -445,7 +448,13 @@ class Run:
                 f"(latest healthy checkpoint: {ckpt.latest_checkpoint(self.run_dir) or 'none'})"
             )
             return None
-        meta = {
+        return self.checkpointer.save(state.step, self.model, self.optimizer, self.meta(), self.tokenizer_dir)
+
+    def meta(self) -> dict[str, Any]:
+        """What a checkpoint records beside the weights: data position, counters, last evaluation, config,
+        and the facts of a model card (bert/card.py)."""
+        state = self.state
+        return {
             "data": {
                 "epoch": state.epoch,
                 "index": state.index,
@@ -460,8 +469,9 @@ class Run:
             "metrics_lines": self.metrics_file.lines,
             "compat": self.compat,
             "config": to_dict(self.cfg),
+            "provenance": self.provenance,
+            "step": state.step,
         }
-        return self.checkpointer.save(state.step, self.model, self.optimizer, meta, self.tokenizer_dir)
 
     def export(self) -> None:
         """The final model in the Hugging Face format, with its tokenizer (main process writes); the
@@ -476,7 +486,11 @@ class Run:
         if self.main:
             export = BertForPreTraining(dataclasses.replace(self.cfg.model, vocab_size=self.tokenizer_vocab))
             export.load_state_dict(trim_vocabulary(state_dict, self.tokenizer_vocab))
-            write_export(export, self.tokenizer_dir, self.export_dir)
+            meta = self.meta()
+            meta["config"]["model"] = export.config.to_dict()
+            parameters = sum(p.numel() for p in export.parameters())
+            card = pretraining_card(meta, parameters, name=self.run_dir.resolve().name)
+            write_export(export, self.tokenizer_dir, self.export_dir, card)
             seconds = time.time() - self.started
             self.print(
                 f"done: {self.state.step} steps in {seconds:.0f}s; model exported to {self.export_dir}"
