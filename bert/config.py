@@ -427,7 +427,9 @@ class TaskConfig:
     test_file: str | None = None
     """Custom test file (labels optional); predictions are written for it."""
     hf_dataset: str | None = None
-    """Hugging Face dataset name (for example 'glue/mrpc'); needs a network or a local cache."""
+    """Hugging Face dataset as NAME[:CONFIG] ('nyu-mll/glue:mrpc', 'SetFit/mrpc'; 'glue/mrpc' also works),
+    the syntax of pretraining's `hf:` corpora; or a folder written by `datasets.save_to_disk`. A hub name
+    needs a network or the local cache."""
     text_a_column: str | None = None
     """Column of the first text (None: the task's default)."""
     text_b_column: str | None = None

@@ -224,6 +224,34 @@ def test_hf_dataset_class_ids_map_to_task_labels():
     assert unlabeled.labels is None
 
 
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("nyu-mll/glue:mrpc", ("nyu-mll/glue", "mrpc")),
+        ("SetFit/mrpc", ("SetFit/mrpc", None)),  # an owner/name, not a dataset 'SetFit' with config 'mrpc'
+        ("glue/mrpc", ("nyu-mll/glue", "mrpc")),  # the GLUE shorthand of the docs
+        ("Salesforce/wikitext:wikitext-103-raw-v1", ("Salesforce/wikitext", "wikitext-103-raw-v1")),
+        ("imdb", ("imdb", None)),
+    ],
+)
+def test_hub_names_keep_their_owner_and_take_a_config_after_a_colon(name, expected):
+    from bert.data.records import hub_name
+
+    assert hub_name(name) == expected
+
+
+def test_hf_dataset_may_be_a_local_folder_saved_by_datasets(tmp_path):
+    import datasets
+
+    rows = {"sentence1": ["a b", "c d"], "sentence2": ["e", "f g"], "label": [1, 0], "idx": [0, 1]}
+    datasets.DatasetDict(
+        {"train": datasets.Dataset.from_dict(rows), "validation": datasets.Dataset.from_dict(rows)}
+    ).save_to_disk(str(tmp_path / "mrpc_local"))
+    task = load_task(TaskConfig(name="mrpc", hf_dataset=str(tmp_path / "mrpc_local")))
+    assert task.read("train").text_a == ["a b", "c d"] and task.read("dev").labels.tolist() == [1, 0]
+    assert task.has_split("dev") and not task.has_split("test")
+
+
 # ------------------------------------------------------------------------------------------- synthetic
 
 

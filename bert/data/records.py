@@ -125,7 +125,7 @@ def hf_documents(name: str, column: str, stats: CorpusStats, trust_remote_code: 
         yield from _record_documents(texts(), str(path), column, stats)
         return
     # A hub name "hf:NAME" or "hf:NAME:CONFIG" (hf:Salesforce/wikitext:wikitext-103-raw-v1): needs a network.
-    repo, _, config = name.removeprefix("hf:").partition(":")
+    repo, config = hub_name(name.removeprefix("hf:"))
     kwargs = {"trust_remote_code": True} if trust_remote_code else {}
     try:
         data = datasets.load_dataset(repo, config or None, split="train", streaming=True, **kwargs)
@@ -134,3 +134,13 @@ def hf_documents(name: str, column: str, stats: CorpusStats, trust_remote_code: 
             f"{name}: cannot load the Hugging Face dataset ({type(err).__name__}: {err})"
         ) from None
     yield from _record_documents((row.get(column) for row in data), name, column, stats)
+
+
+def hub_name(name: str) -> tuple[str, str | None]:
+    """A Hugging Face dataset named `NAME[:CONFIG]` -> (NAME, CONFIG or None). NAME keeps its slashes
+    (`nyu-mll/glue:mrpc`, `SetFit/mrpc`, a local folder); the GLUE-style `glue/mrpc` reads as the GLUE
+    dataset's `mrpc` configuration."""
+    repo, _, config = name.partition(":")
+    if not config and repo.startswith("glue/") and repo.count("/") == 1 and not Path(repo).exists():
+        return "nyu-mll/glue", repo.split("/", 1)[1]
+    return repo, config or None

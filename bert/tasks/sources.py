@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from bert.config import TaskConfig
+from bert.data.records import hub_name
 from bert.errors import UserError
 from bert.tasks.examples import PairExamples
 from bert.tasks.spec import TaskSpec
@@ -119,12 +120,10 @@ class HubDataset(TaskSource):
         return _HF_SPLITS.get(split, split) in _hf_split_names(self.name)
 
     def read(self, split: str, spec: TaskSpec) -> Table:
-        import datasets  # lazy: only this source needs it
 
-        name, _, subset = self.name.partition("/")
         hf_split = _HF_SPLITS.get(split, split)
         try:
-            data = datasets.load_dataset(name, subset or None, split=hf_split)
+            data = _load_hub_split(self.name, hf_split)
         except Exception as err:  # noqa: BLE001 - network, cache and naming errors all end here
             raise UserError(f"hf dataset '{self.name}' split '{hf_split}': {err}") from None
         columns = {name: data[name] for name in data.column_names}
@@ -163,13 +162,30 @@ def source_for(cfg: TaskConfig) -> TaskSource:
     return LocalFiles(cfg)  # nothing given: reading says which key to set
 
 
-def _hf_split_names(name: str) -> list[str]:
-    """Split names of a Hugging Face dataset ('glue/mrpc': dataset glue, config mrpc); [] when unknown."""
+def _saved_to_disk(path: str) -> bool:
+    """A folder written by `datasets.save_to_disk` (a DatasetDict)."""
+    return (Path(path) / "dataset_dict.json").is_file()
+
+
+def _load_hub_split(name: str, split: str) -> Any:
+    """One split of `task.hf_dataset`: NAME[:CONFIG] on the hub or in its cache, or a local folder."""
     import datasets
 
-    path, _, subset = name.partition("/")
+    if _saved_to_disk(name):
+        return datasets.load_from_disk(name)[split]
+    path, config = hub_name(name)
+    return datasets.load_dataset(path, config, split=split)
+
+
+def _hf_split_names(name: str) -> list[str]:
+    """Split names of a Hugging Face dataset (`hub_name`'s syntax); [] when unknown."""
+    import datasets
+
     try:
-        return list(datasets.get_dataset_split_names(path, subset or None))
+        if _saved_to_disk(name):
+            return list(datasets.load_from_disk(name))
+        path, config = hub_name(name)
+        return list(datasets.get_dataset_split_names(path, config))
     except Exception:  # noqa: BLE001 - offline or unknown: then only train and dev are read
         return []
 
