@@ -6,7 +6,8 @@ A generic engine, independent of what the config classes hold (bert/config.py ha
   then dotted `key=value` overrides (values parsed as YAML);
 - `base: other.yaml` at the top level inherits another file (relative to this one) and overrides it;
 - a section given as a string loads a preset: `model: mini` reads `configs/model/mini.yaml`, and a string
-  ending in `.yaml` is a path relative to the file that names it. On the command line `model=base` works too;
+  ending in `.yaml` is a path relative to the file that names it. On the command line `model=base` replaces
+  the whole section (what the file set there included), and later `model.x=...` overrides apply to it;
 - every error is one line that names the key: an unknown key lists the closest valid keys, a wrong type names
   the field and the type it expects; a dataclass's own `__post_init__` checks (ValueError) become the same.
 
@@ -26,8 +27,23 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 
-CONFIG_ROOT = Path(__file__).resolve().parent.parent / "configs"
-"""The repository's `configs/` folder, where presets (`model: mini`) are looked up."""
+
+def _config_root() -> Path:
+    """The shipped configs: package data (`bert/configs` in an installed wheel, or the checkout's `configs/`
+    that an editable install maps there), else the checkout's `configs/` beside the package."""
+    from importlib.resources import files
+
+    try:
+        root = Path(str(files("bert.configs")))
+        if (root / "model").is_dir():
+            return root
+    except (ModuleNotFoundError, TypeError):  # not installed (PYTHONPATH=checkout) or a namespace view
+        pass
+    return Path(__file__).resolve().parent.parent / "configs"
+
+
+CONFIG_ROOT = _config_root()
+"""The shipped `configs/` folder, where presets (`model: mini`) and recipes are looked up."""
 
 T = TypeVar("T")
 
@@ -43,6 +59,7 @@ def load_config(
     data: dict[str, Any] = {}
     base_dir = Path.cwd()
     if path is not None:
+        path = shipped_path(path)
         data = _read_yaml_tree(Path(path))
         base_dir = Path(path).resolve().parent
     for item in overrides:
@@ -56,6 +73,17 @@ def load_config(
     if complete is not None:  # a schema may fill what the user left unset from elsewhere (a model folder)
         complete(data)
     return build(cls, data, base_dir=base_dir)
+
+
+def shipped_path(path: str | Path) -> Path:
+    """`path`, or, when it does not exist and reads `configs/...`, the shipped config of that name: the
+    README's commands (`bert pretrain configs/pretrain/demo.yaml`) work outside a checkout too."""
+    path = Path(path)
+    parts = path.parts
+    if path.exists() or path.is_absolute() or not parts or parts[0] != "configs":
+        return path
+    shipped = CONFIG_ROOT.joinpath(*parts[1:])
+    return shipped if shipped.exists() else path
 
 
 def build(cls: type[T], data: dict[str, Any], base_dir: Path | None = None, prefix: str = "") -> T:
@@ -239,7 +267,9 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
         node = node[part]
     last = parts[-1]
     if isinstance(node.get(last), dict) and isinstance(value, str):
-        node[last] = {"_preset": value, **{k: v for k, v in node[last].items() if k != "_preset"}}
+        # `model=mini` names the whole section: the preset replaces what the file (or an earlier override)
+        # set there, as its place on the command line says; fields after it (model.x=...) land on it
+        node[last] = {"_preset": value}
     else:
         node[last] = value
 

@@ -280,3 +280,22 @@ def test_yaml_booleans_become_the_words_a_choice_expects():
     assert load_config(PretrainConfig, None, ["train.fast_paths=on"]).train.fast_paths == "on"
     with pytest.raises(ConfigError, match="train.mixed_precision: expected one of"):
         load_config(PretrainConfig, None, ["train.mixed_precision=yes"])
+
+
+def test_a_preset_on_the_command_line_replaces_the_files_section():
+    """`bert pretrain configs/pretrain/demo.yaml model=mini` (the --help example) builds BERT-mini, not the
+    demo's 2-layer model with a preset underneath; fields after it apply to the preset."""
+    demo = load_config(PretrainConfig, "configs/pretrain/demo.yaml")
+    mini = load_config(PretrainConfig, "configs/pretrain/demo.yaml", ["model=mini"])
+    assert (
+        (mini.model.hidden_size, mini.model.num_hidden_layers)
+        == (256, 4)
+        != (
+            demo.model.hidden_size,
+            demo.model.num_hidden_layers,
+        )
+    )
+    tuned = load_config(
+        PretrainConfig, "configs/pretrain/demo.yaml", ["model=mini", "model.num_hidden_layers=2"]
+    )
+    assert (tuned.model.hidden_size, tuned.model.num_hidden_layers) == (256, 2)

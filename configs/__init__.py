@@ -1,0 +1,1 @@
+"""The shipped configs (presets, recipes, launcher configs): YAML package data, installed as `bert.configs`."""
