@@ -22,8 +22,20 @@ from bert import __version__
 OVERRIDE_HELP = """\
 config and overrides:
   CONFIG is a YAML file (see configs/). Any field can be overridden with dotted key=value pairs,
-  values parsed as YAML:  train.max_steps=100  model.hidden_size=256  logging.trackers=[wandb]
-  A section given a name loads a preset:  model=mini  (configs/model/mini.yaml)
+  values parsed as YAML:  train.max_steps=100  model.num_hidden_layers=6  logging.trackers=[wandb]
+  A section given a name loads a preset:  model=mini  (configs/model/mini.yaml); on the command line it
+  replaces the section the file sets, and model.x=... after it applies to the preset.
+  A config may inherit another with a top-level  base: other.yaml
+  --print-config shows the resolved config; --list-keys shows every key with its meaning.
+"""
+
+FINETUNE_OVERRIDE_HELP = """\
+config and overrides:
+  CONFIG is a YAML file (see configs/finetune/). Any field can be overridden with dotted key=value pairs,
+  values parsed as YAML:  train.epochs=2  train.global_batch_size=16  optimizer.lr=3e-5  logging.trackers=[wandb]
+  train.global_batch_size is sequences per optimizer step over all processes (pretraining's train.batch_size
+  is per device); train.gradient_accumulation_steps splits it into micro-batches; train.max_steps replaces
+  train.epochs.
   A config may inherit another with a top-level  base: other.yaml
   --print-config shows the resolved config; --list-keys shows every key with its meaning.
 """
@@ -271,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
         _run_finetune,
     )
     _config_args(p, "fine-tuning config, e.g. configs/finetune/mrpc.yaml")
-    p.epilog += "\n\n" + OVERRIDE_HELP
+    p.epilog += "\n\n" + FINETUNE_OVERRIDE_HELP
 
     p = _add(
         sub,
@@ -280,11 +292,12 @@ def build_parser() -> argparse.ArgumentParser:
         """
         Fine-tune MODEL on each GLUE sentence-pair task found in --data (MRPC/, RTE/, STS-B/, QQP/, MNLI/,
         QNLI/, WNLI/ in the GLUE layout) with that task's recipe (configs/finetune/<task>.yaml) and every
-        seed of train.seeds; then write glue.json and glue.md (per task: mean +- std over seeds, each seed;
-        the average of the primary metrics, MNLI matched and mismatched as two entries), print the table
-        and log it to TensorBoard/wandb. Re-running skips the seeds already finished with the same
-        settings. Overrides apply to every task: train.seeds=[1,2,3], task.max_train_examples=20000 (a
-        deterministic subsample of the large training sets), train.epochs=2.
+        seed of train.seeds; then write glue.json and glue.md (per task: mean +- std over seeds, each seed,
+        the training budget; the GLUE average: each task scores the mean of its metrics and dev sets, then
+        the mean over tasks), print the table, add it to the model's card and log it to TensorBoard/wandb.
+        Re-running skips the seeds already finished with the same settings and weights. Overrides apply to
+        every task: train.seeds=[1,2,3], task.max_train_examples=20000 (a deterministic subsample of the
+        large training sets), train.epochs=2.
         """,
         """
         bert glue runs/bert_base/export --data ../shared/data/glue train.seeds=[1,2,3]
@@ -297,15 +310,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--data", required=True, help="GLUE-layout folder holding one folder per task")
     p.add_argument("--tasks", help="comma-separated tasks to run (default: every task found)")
-    p.add_argument("--output", help="results folder (default runs/glue/<model folder name>)")
+    p.add_argument("--output", help="results folder (default runs/glue/<the model's run name>)")
     p.add_argument(
         "overrides", nargs="*", metavar="key=value", help="dotted overrides of every task's config"
     )
     p.epilog += (
         "\n\n"
-        + OVERRIDE_HELP.replace(
-            "  CONFIG is a YAML file (see configs/). Any field",
-            "  Every task's recipe (configs/finetune/). Any field",
+        + FINETUNE_OVERRIDE_HELP.replace(
+            "  CONFIG is a YAML file (see configs/finetune/). Any field",
+            "  Every task's recipe (configs/finetune/<task>.yaml). Any field",
         )
         .split("  --print-config")[0]
         .rstrip()
@@ -460,15 +473,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None, hooks: Any = None) -> int:
-    """`bert ...`; `hooks` (bert.hooks.TrainHooks) reach the training loop: for tests, not for users."""
-    parser = build_parser()
+def parse_arguments(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """The command line; key=value overrides may also come after flags (argparse takes positionals in one
+    run only)."""
     args, extra = parser.parse_known_args(argv)
-    # key=value overrides may also come after flags (argparse takes positionals in one run only)
     if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
         args.overrides = [*args.overrides, *extra]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
+def main(argv: list[str] | None = None, hooks: Any = None) -> int:
+    """`bert ...`; `hooks` (bert.hooks.TrainHooks) reach the training loop: for tests, not for users."""
+    parser = build_parser()
+    args = parse_arguments(parser, argv)
     args.hooks = hooks
     if not hasattr(args, "handler"):
         parser.print_help()

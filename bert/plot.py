@@ -83,15 +83,21 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def plot_runs(folders: list[str | Path], output: str | Path, metrics: list[str] | None = None) -> Path:
-    """Draw the runs' curves into `output` (PNG); returns its path."""
+def pyplot(purpose: str) -> Any:
+    """matplotlib's pyplot drawing to files (Agg), or one line naming the extra that installs it."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise UserError("bert plot needs matplotlib: pip install 'bertsmith[plots]'") from None
+        raise UserError(f"{purpose} needs matplotlib: pip install 'bertsmith[plots]'") from None
+    return plt
+
+
+def plot_runs(folders: list[str | Path], output: str | Path, metrics: list[str] | None = None) -> Path:
+    """Draw the runs' curves into `output` (PNG); returns its path."""
+    plt = pyplot("bert plot")
     runs = [read_run(folder) for folder in folders]
     panels = choose_metrics(runs, metrics)
     columns = min(3, len(panels))

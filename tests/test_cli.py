@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -79,3 +80,65 @@ def test_parser_builds_without_heavy_imports():
     code = "import sys, bert.cli; bert.cli.build_parser(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def _help_examples() -> list[tuple[str, list[str]]]:
+    """Every example line of every command's --help: (command, arguments after the command name)."""
+    import shlex
+
+    from bert.cli import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    found = []
+    for name, parser in commands.items():
+        block = parser.epilog.split("example:\n", 1)[1].split("\n\n", 1)[0]
+        for line in block.splitlines():
+            words = shlex.split(line.split("  #")[0])
+            at = words.index("bert.cli") if "bert.cli" in words else words.index("bert")
+            assert words[at + 1] == name, line
+            found.append((name, words[at + 2 :]))
+    return found
+
+
+HELP_EXAMPLES = _help_examples()
+
+
+@pytest.mark.parametrize(
+    "command, args", HELP_EXAMPLES, ids=[" ".join([c, *a])[:60] for c, a in HELP_EXAMPLES]
+)
+def test_every_help_example_parses_and_its_config_resolves(command, args):
+    """Each `--help` example names files that ship and keys that exist: its config loads with its overrides
+    (bert glue: every task's recipe). Running them needs data and models; resolving them does not."""
+    from bert.cli import build_parser, parse_arguments
+    from bert.config import FinetuneConfig, PretrainConfig, load_config
+    from bert.glue import GLUE_FOLDERS, task_config
+
+    parsed = parse_arguments(build_parser(), [command, *args])
+    for word in args:
+        if word.startswith("configs/"):
+            assert Path(word).is_file(), word
+    if command in ("prepare", "pretrain"):
+        load_config(PretrainConfig, parsed.config, parsed.overrides)
+    elif command == "finetune":
+        load_config(FinetuneConfig, parsed.config, parsed.overrides)
+    elif command == "evaluate":
+        load_config(FinetuneConfig, parsed.task_config, parsed.overrides)
+    elif command == "glue":
+        for task in parsed.tasks.split(",") if parsed.tasks else GLUE_FOLDERS:
+            task_config(task, Path(parsed.model), Path(parsed.data), Path("out"), parsed.overrides)
+
+
+@pytest.mark.parametrize("command", ["prepare", "pretrain", "finetune", "glue"])
+def test_the_override_examples_of_each_help_are_keys_of_that_command(command):
+    """`bert finetune --help` once suggested model.hidden_size, a pretraining key: each suggested override
+    must load in the command's own config."""
+    from bert.cli import build_parser
+    from bert.config import FinetuneConfig, PretrainConfig, load_config
+
+    epilog = build_parser()._subparsers._group_actions[0].choices[command].epilog
+    line = next(line for line in epilog.splitlines() if "values parsed as YAML:" in line)
+    overrides = [w for w in line.split(":", 1)[1].split() if "=" in w]
+    assert overrides
+    cls = PretrainConfig if command in ("prepare", "pretrain") else FinetuneConfig
+    for override in overrides:
+        load_config(cls, None, [override])

@@ -57,3 +57,16 @@ def test_without_matplotlib_one_line_says_what_to_install(tmp_path, monkeypatch)
     monkeypatch.setattr(builtins, "__import__", no_matplotlib)
     with pytest.raises(UserError, match=r"pip install 'bertsmith\[plots\]'"):
         plot_runs([tmp_path], tmp_path / "x.png")
+
+
+def test_without_matplotlib_a_png_is_one_line_naming_the_extra(monkeypatch):
+    import sys
+
+    from bert.data.show import draw_png
+    from bert.errors import UserError
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed: its import fails
+    with pytest.raises(
+        UserError, match=r"bert inspect --png needs matplotlib: pip install 'bertsmith\[plots\]'"
+    ):
+        draw_png({}, None, "x.png")

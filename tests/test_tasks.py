@@ -331,3 +331,11 @@ def test_a_row_with_an_extra_tab_is_an_error_naming_its_line(tmp_path):
     )
     with pytest.raises(UserError, match=rf"{path}:3: 5 fields, the header has 4 \(a tab inside a field\?\)"):
         glue_task("rte", tmp_path).read("train")
+
+
+@pytest.mark.parametrize("typo, meant", [("mrcp", "mrpc"), ("stsb2", "stsb"), ("rtee", "rte")])
+def test_a_misspelled_glue_task_is_one_line_with_the_name_meant(typo, meant, tmp_path):
+    with pytest.raises(UserError, match=f"task.name={typo}: not a GLUE task; did you mean '{meant}'"):
+        load_task(TaskConfig(name=typo, data_dir=str(tmp_path)))
+    custom = load_task(TaskConfig(name=typo, labels=["0", "1"], data_dir=str(tmp_path)))
+    assert custom.name == typo  # a custom task of that name says so with its labels

@@ -115,10 +115,9 @@ def format_table(arrays: dict[str, np.ndarray], tokenizer: Any) -> str:
 
 def draw_png(arrays: dict[str, np.ndarray], tokenizer: Any, path: str, per_line: int = 16) -> None:
     """Draw each example as wrapped rows of token boxes coloured by segment, padding and masking."""
-    import matplotlib
+    from bert.plot import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("bert inspect --png")
     from matplotlib.patches import Patch, Rectangle
 
     colours = {"A": "#cfe2ff", "B": "#d1f2d8", "pad": "#e6e6e6", "mask": "#f8b4b4"}

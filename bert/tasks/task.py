@@ -196,6 +196,7 @@ def load_task(cfg: TaskConfig, labels: list[str] | None = None) -> Task:
     name = cfg.name.lower()
     spec = GLUE_TASKS.get(name)
     if spec is None:
+        _check_custom_name(cfg, name)
         spec = TaskSpec(name, (), (), "accuracy", "sentence1", "sentence2", "label")  # labels from the data
     is_regression = spec.is_regression if cfg.is_regression is None else cfg.is_regression
     task_labels: list[str] | None = None
@@ -215,6 +216,19 @@ def load_task(cfg: TaskConfig, labels: list[str] | None = None) -> Task:
     labels = None if task.labels is None else tuple(task.labels)
     task.spec = dataclasses.replace(spec, metrics=metrics, main_metric=main, labels=labels)
     return task
+
+
+def _check_custom_name(cfg: TaskConfig, name: str) -> None:
+    """A name one typo away from a GLUE task, with none of a custom task's settings, is a misspelling."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(GLUE_TASKS), n=1, cutoff=0.7)
+    custom = (cfg.labels, cfg.is_regression, cfg.text_a_column, cfg.text_b_column, cfg.label_column)
+    if close and all(v is None for v in custom) and name != "synthetic":
+        raise UserError(
+            f"task.name={cfg.name}: not a GLUE task; did you mean '{close[0]}'? (a custom task of that name "
+            "also sets task.labels or task.is_regression)"
+        )
 
 
 def _raw_labels(task: Task) -> set[str]:
