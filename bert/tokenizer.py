@@ -169,6 +169,11 @@ def load_tokenizer(path: str | Path, lowercase: bool | None = None) -> Tokenizer
                 tokenizer = Tokenizer.from_file(str(json_file))
             except Exception as err:  # tokenizers raises a bare Exception for a malformed file
                 raise UserError(f"{json_file}: not a tokenizers file ({err})") from None
+            # A saved tokenizer.json may pad and truncate to a fixed length (sentence-transformers folders
+            # pad every text to 128 [PAD]s): a text's tokens must be its own; callers that want either
+            # (pair_tokenizer) set it themselves.
+            tokenizer.no_padding()
+            tokenizer.no_truncation()
             special_ids(tokenizer)
             return tokenizer
     vocab_file = path if path.is_file() else folder / "vocab.txt"

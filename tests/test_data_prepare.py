@@ -136,6 +136,12 @@ def test_existing_tokenizer_and_text_corpus(tmp_path):
     folder = run_prepare(cfg, progress=False)
     splits, meta = load_prepared(folder)
     assert meta["special_token_ids"]["cls"] == 101 and splits["train"][0]["input_ids"][0] == 101
+    # MiniLM's tokenizer.json pads every text to 128 tokens: none of that may reach the data, and sentences
+    # must still pair as Google's rules say (about half "is next")
+    pad = meta["special_token_ids"]["pad"]
+    rows = [splits["train"][i] for i in range(len(splits["train"]))]
+    assert all(pad not in row["input_ids"] for row in rows)
+    assert meta["counts"]["train"]["nsp_labels"]["is_next"] > 0
 
 
 def test_prepare_errors(tmp_path):

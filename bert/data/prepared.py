@@ -66,6 +66,8 @@ def cache_key(data_cfg: Any, input_fingerprints: list[dict[str, Any]]) -> str:
         "settings": _settings(data_cfg),
         "inputs": input_fingerprints,
         "tokenizer": _tokenizer_fingerprint(data_cfg.tokenizer),
+        # data prepared before load_tokenizer dropped a tokenizer.json's own padding is not reused
+        "tokenizer_loading": "without saved padding or truncation",
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
