@@ -70,7 +70,7 @@ def test_release_freed_memory_is_safe_to_call_and_finetuning_calls_it(monkeypatc
         None,
         [
             f"model_path={model}", "task.name=synthetic", "task.synthetic_pairs=64", "task.synthetic.num_documents=200",
-            f"train.output_dir={tmp_path / 'out'}", "train.epochs=1", "train.batch_size=8", "train.max_length=32",
+            f"train.output_dir={tmp_path / 'out'}", "train.epochs=1", "train.global_batch_size=8", "train.max_length=32",
             "train.release_memory_every=2", "train.cache_dir=null", "logging.trackers=[]", "train.predict_test=false",
         ],
     )  # fmt: skip
