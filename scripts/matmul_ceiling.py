@@ -73,7 +73,9 @@ def mkldnn_forward(rows: int, fan_in: int, fan_out: int, repeats: int) -> float 
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default="base", choices=sorted(MODELS))
     parser.add_argument("--rows", type=int, default=1024, help="tokens of a batch (default 8 x 128)")
     parser.add_argument("--repeats", type=int, default=30)
@@ -83,7 +85,9 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     hidden, rows = MODELS[args.model], args.rows
-    print(f"{args.model} (H={hidden}), {rows} rows, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(
+        f"{args.model} (H={hidden}), {rows} rows, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    )
     print(f"{'weight':<14} {'product':<12} {'fp32 TFLOP/s':>12} {'bf16 TFLOP/s':>12} {'bf16/fp32':>9}")
     results: dict[str, dict] = {"model": args.model, "rows": rows, "shapes": {}}
     total = {"fp32": 0.0, "bf16": 0.0}
@@ -93,7 +97,13 @@ def main() -> int:
         fp32 = measure(rows, fan_in, fan_out, torch.float32, args.repeats)
         bf16 = measure(rows, fan_in, fan_out, torch.bfloat16, args.repeats)
         onednn = mkldnn_forward(rows, fan_in, fan_out, args.repeats)
-        results["shapes"][name] = {"in": fan_in, "out": fan_out, "fp32": fp32, "bf16": bf16, "onednn_fp32_forward": onednn}
+        results["shapes"][name] = {
+            "in": fan_in,
+            "out": fan_out,
+            "fp32": fp32,
+            "bf16": bf16,
+            "onednn_fp32_forward": onednn,
+        }
         for product in fp32:
             total["fp32"] += fp32[product]
             total["bf16"] += bf16[product]
