@@ -32,6 +32,7 @@ import platform
 import statistics
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -120,124 +121,206 @@ SIDES = ("ours", "plain", "compiled", "reference")
 path of bert/model), ours compiled (`torch.compile`, no fast paths), and transformers."""
 
 
-def run_bench(args: argparse.Namespace) -> dict[str, Any]:
-    """Time the sides as described in the module docstring; print a table (and write JSON with --json)."""
-    from bert.batch import PretrainingBatch
-    from bert.config import PretrainConfig, load_config
-    from bert.errors import UserError
-    from bert.losses import pretraining_loss
-    from bert.model import fast
-    from bert.model.attention import varlen_backend
-    from bert.model.flops import executed_flops_per_sequence, mfu, training_flops_per_token
-    from bert.model.modeling import BertForPreTraining
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
-    torch.set_num_threads(getattr(args, "threads", None) or os.cpu_count() or 1)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    sides = _sides(args)
-    config = load_config(PretrainConfig, None, [f"model={args.model}"]).model
-    config.attn_implementation = args.attn
+
+@dataclass
+class Side:
+    """One timed column: a model (ours in some form, or transformers') at one autocast dtype."""
+
+    name: str  # ours, plain, compiled, reference
+    dtype: str  # fp32, bf16, fp16
+    label: str  # the name, or name@dtype when several dtypes run
+    loss_of: Any  # batch -> scalar loss (forward and loss under the dtype's autocast)
+    model: Any
+    optimizer: Any
+    times: list[tuple[float, float]] = field(default_factory=list)  # (wall, CPU) seconds of each step
+    warmup_s: float = 0.0
+    peak: float = 0.0  # CUDA: the step's own peak memory above what was allocated before it
+
+
+def bench_dtypes(args: argparse.Namespace) -> list[str]:
+    """`--dtype fp32` or a comma-separated list (`fp32,bf16`: every side at each, interleaved)."""
+    from bert.errors import UserError
+
+    dtypes = list(dict.fromkeys(d.strip() for d in str(args.dtype).split(",") if d.strip()))
+    unknown = [d for d in dtypes if d not in AUTOCAST_DTYPES]
+    if unknown or not dtypes:
+        raise UserError(
+            f"--dtype {args.dtype}: expected a comma-separated list of {', '.join(AUTOCAST_DTYPES)}"
+        )
+    return dtypes
+
+
+def bench_batches(args: argparse.Namespace, config: Any, device: torch.device) -> list[Any]:
+    """The batches of the warm-up and the timed steps, on the device: `--data`'s, or one realistic batch."""
+    from bert.batch import PretrainingBatch
+
     if getattr(args, "data", None):  # the batches bert pretrain would read first, one a step
         batches = prepared_batches(args.data, args.batch_size, args.seed, args.warmup + args.steps)
-        config.vocab_size = int(json.loads((Path(args.data) / "meta.json").read_text())["vocab_size"])
     else:  # one batch of realistic lengths, every step
         generator = torch.Generator().manual_seed(args.seed)
         batches = [
             PretrainingBatch(**realistic_batch(args.batch_size, args.seq_len, config.vocab_size, generator))
         ]
-    batches = [b.to(device) for b in batches]
-    batch = batches[0]
-    timed_batches = [batches[(args.warmup + i) % len(batches)] for i in range(args.steps)]
-    real_tokens = sum(b.num_real_tokens() for b in timed_batches) / len(timed_batches)  # per step
-    autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
-    # The same optimizer for all: the fused AdamW (what training uses), or torch's default implementation.
-    adamw = {"fused": True} if getattr(args, "adamw", "fused") == "fused" else {}
+    return [b.to(device) for b in batches]
 
-    def autocast():
-        if autocast_dtype is None:
-            return nullcontext()
-        return torch.autocast(device.type, dtype=autocast_dtype)
+
+def build_sides(
+    args: argparse.Namespace,
+    names: list[str],
+    dtypes: list[str],
+    config: Any,
+    device: torch.device,
+    paths: Any,
+) -> list[Side]:
+    """Every (side, dtype) with the same initial weights and a fresh AdamW (module docstring)."""
+    from bert.losses import pretraining_loss
+    from bert.model import fast
+    from bert.model.modeling import BertForPreTraining
 
     torch.manual_seed(args.seed)
     initial = BertForPreTraining(config).state_dict()
-    fast_paths = fast.select(device, getattr(args, "fast_paths", "auto"))
-    steps: dict[str, tuple[Any, torch.optim.Optimizer]] = {}
-    for side in sides:
-        if side == "reference":
-            continue
-        model = BertForPreTraining(config)
-        model.load_state_dict(initial)
-        paths = fast_paths if side == "ours" else fast.FastPaths.none()
-        model = fast.enable(model.to(device).train(), paths)
-        if side == "compiled":
-            model.compile(backend=getattr(args, "compile_backend", "inductor"))
-        steps[side] = (_our_step(model, autocast, paths.cross_entropy(), pretraining_loss), model)
-    if "reference" in sides:
-        try:
-            import transformers
-        except ImportError:
-            raise UserError(
-                "bert bench: the reference needs `transformers` (pip install bertsmith[hf])"
-            ) from None
-        hf_fields = {"attn_implementation", "pre_layer_norm", "architectures"}
-        hf_config = transformers.BertConfig(
-            **{k: v for k, v in config.to_dict().items() if k not in hf_fields}
-        )
-        ref = transformers.BertForPreTraining(hf_config)
-        ref.load_state_dict(initial)
-        ref = ref.to(device).train()
+    # The same optimizer for all: the fused AdamW (what training uses), or torch's default implementation.
+    adamw = {"fused": True} if getattr(args, "adamw", "fused") == "fused" else {}
+    sides = []
+    for dtype in dtypes:
+        for name in names:
+            autocast = _autocast(device, AUTOCAST_DTYPES[dtype])
+            if name == "reference":
+                model = _reference_model(config, initial, device)
+                loss_of = _reference_step(model, autocast)
+            else:
+                model = BertForPreTraining(config)
+                model.load_state_dict(initial)
+                chosen = paths if name == "ours" else fast.FastPaths.none()
+                model = fast.enable(model.to(device).train(), chosen)
+                if name == "compiled":
+                    model.compile(backend=getattr(args, "compile_backend", "inductor"))
+                loss_of = _our_step(model, autocast, chosen.cross_entropy(), pretraining_loss)
+            label = name if len(dtypes) == 1 else f"{name}@{dtype}"
+            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, **adamw)
+            sides.append(Side(name, dtype, label, loss_of, model, optimizer))
+    return sides
 
-        def ref_step(batch: PretrainingBatch) -> torch.Tensor:
-            hf_labels = hf_mlm_labels(batch.input_ids, batch.masked_lm_positions, batch.masked_lm_labels)
-            with autocast():
-                return ref(
-                    input_ids=batch.input_ids,
-                    token_type_ids=batch.token_type_ids,
-                    attention_mask=batch.attention_mask,
-                    labels=hf_labels,
-                    next_sentence_label=batch.next_sentence_label,
-                ).loss
 
-        steps["reference"] = (ref_step, ref)
-    optimizers = {
-        side: torch.optim.AdamW(model.parameters(), lr=1e-4, **adamw) for side, (_, model) in steps.items()
-    }
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
+    def context() -> Any:
+        return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
-    step_peaks: dict[str, float] = {side: 0.0 for side in steps}
+    return context
 
-    def timed(side: str, batch: PretrainingBatch) -> tuple[float, float]:
-        """(wall seconds, CPU seconds of this process) of one step: forward, loss, backward, clipping the
-        gradient norm to 1, AdamW. On CUDA also the step's own peak of memory above what was allocated
-        before it (the sides run in turn, so the device's peak alone would be the largest side's)."""
-        loss_of, _ = steps[side]
-        optimizer = optimizers[side]
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-            before = torch.cuda.memory_allocated(device)
-            torch.cuda.reset_peak_memory_stats(device)
-        start, cpu_start = time.perf_counter(), time.process_time()
-        loss_of(batch).backward()
-        torch.nn.utils.clip_grad_norm_(steps[side][1].parameters(), 1.0)  # as training (and the Trainer) do
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-            step_peaks[side] = max(step_peaks[side], torch.cuda.max_memory_allocated(device) - before)
-        return time.perf_counter() - start, time.process_time() - cpu_start
 
-    warmup_seconds: dict[str, float] = {side: 0.0 for side in steps}
-    for i in range(args.warmup):
-        for side in steps:
-            warmup_seconds[side] += timed(side, batches[i % len(batches)])[0]
-    times: dict[str, list[tuple[float, float]]] = {side: [] for side in steps}
+def _reference_model(config: Any, initial: dict[str, torch.Tensor], device: torch.device) -> Any:
+    from bert.errors import UserError
+
+    try:
+        import transformers
+    except ImportError:
+        raise UserError(
+            "bert bench: the reference needs `transformers` (pip install bertsmith[hf])"
+        ) from None
+    hf_fields = {"attn_implementation", "pre_layer_norm", "architectures"}
+    hf_config = transformers.BertConfig(**{k: v for k, v in config.to_dict().items() if k not in hf_fields})
+    ref = transformers.BertForPreTraining(hf_config)
+    ref.load_state_dict(initial)
+    return ref.to(device).train()
+
+
+def _reference_step(ref: Any, autocast: Any) -> Any:
+    def step(batch: Any) -> torch.Tensor:
+        hf_labels = hf_mlm_labels(batch.input_ids, batch.masked_lm_positions, batch.masked_lm_labels)
+        with autocast():
+            return ref(
+                input_ids=batch.input_ids,
+                token_type_ids=batch.token_type_ids,
+                attention_mask=batch.attention_mask,
+                labels=hf_labels,
+                next_sentence_label=batch.next_sentence_label,
+            ).loss
+
+    return step
+
+
+def timed_step(side: Side, batch: Any, device: torch.device) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) of one step: forward, loss, backward, clipping the
+    gradient norm to 1, AdamW. On CUDA also the step's own peak of memory above what was allocated before
+    it (the sides run in turn, so the device's peak alone would be the largest side's)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    start, cpu_start = time.perf_counter(), time.process_time()
+    side.loss_of(batch).backward()
+    torch.nn.utils.clip_grad_norm_(side.model.parameters(), 1.0)  # as training (and the Trainer) do
+    side.optimizer.step()
+    side.optimizer.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        side.peak = max(side.peak, torch.cuda.max_memory_allocated(device) - before)
+    return time.perf_counter() - start, time.process_time() - cpu_start
+
+
+def time_sides(
+    sides: list[Side], batches: list[Any], timed_batches: list[Any], warmup: int, device: Any
+) -> None:
+    """Warm every side up, then one step of each side on the same batch, in turn: load changes on the
+    machine hit every side (and dtype) alike."""
+    for i in range(warmup):
+        for side in sides:
+            side.warmup_s += timed_step(side, batches[i % len(batches)], device)[0]
     for step_batch in timed_batches:
-        for side in steps:  # interleaved, so that load changes hit every side alike
-            times[side].append(timed(side, step_batch))
+        for side in sides:
+            side.times.append(timed_step(side, step_batch, device))
 
+
+def run_bench(args: argparse.Namespace) -> dict[str, Any]:
+    """Time the sides as described in the module docstring; print a table (and write JSON with --json)."""
+    from bert.config import PretrainConfig, load_config
+    from bert.model import fast
+
+    torch.set_num_threads(getattr(args, "threads", None) or os.cpu_count() or 1)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    config = load_config(PretrainConfig, None, [f"model={args.model}"]).model
+    config.attn_implementation = args.attn
+    if getattr(args, "data", None):
+        config.vocab_size = int(json.loads((Path(args.data) / "meta.json").read_text())["vocab_size"])
+    batches = bench_batches(args, config, device)
+    timed_batches = [batches[(args.warmup + i) % len(batches)] for i in range(args.steps)]
+    fast_paths = fast.select(device, getattr(args, "fast_paths", "auto"))
+    dtypes = bench_dtypes(args)
+    sides = build_sides(args, _sides(args), dtypes, config, device, fast_paths)
+    time_sides(sides, batches, timed_batches, args.warmup, device)
+    result = summarise_bench(args, config, device, sides, dtypes, timed_batches, fast_paths)
+    _print_table(result)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+        print(f"wrote {args.json}")
+    return result
+
+
+def summarise_bench(
+    args: argparse.Namespace,
+    config: Any,
+    device: torch.device,
+    sides: list[Side],
+    dtypes: list[str],
+    timed_batches: list[Any],
+    fast_paths: Any,
+) -> dict[str, Any]:
+    """The run's settings and, per side, its step time, tokens/s, FLOP/s and MFU, and the ratios: against
+    transformers at the same dtype, and against the first dtype of the same side."""
+    from bert.model.attention import varlen_backend
+    from bert.model.flops import training_flops_per_token
+
+    batch = timed_batches[0]
+    real_tokens = sum(b.num_real_tokens() for b in timed_batches) / len(timed_batches)  # per step
     result: dict[str, Any] = {
         "model": args.model,
         "data": getattr(args, "data", None) or "realistic_batch",
         "attn": args.attn,
-        "dtype": args.dtype,
+        "dtype": ",".join(dtypes),
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
         "torch": torch.__version__,
@@ -248,9 +331,9 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         "real_fraction": statistics.mean(b.num_real_tokens() / b.input_ids.numel() for b in timed_batches),
         "masked_slots_P": int(batch.masked_lm_positions.shape[1]),
         "steps": args.steps,
-        "adamw": "fused" if adamw else "default",
+        "adamw": "fused" if getattr(args, "adamw", "fused") == "fused" else "default",
         "fast_paths": fast_paths.names(),
-        "sides": list(steps),
+        "sides": [s.label for s in sides],
         "load_average": os.getloadavg(),
     }
     # One FLOP count for every side (our model's, bert.model.flops): FLOP/s ratios are the speedups, and the
@@ -258,67 +341,84 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     masked = statistics.mean(b.num_masked() for b in timed_batches)
     flops_per_token = training_flops_per_token(config, real_tokens / args.batch_size, masked / real_tokens)
     result["flops_per_token"] = flops_per_token
-    step_tokens = [b.num_real_tokens() for b in timed_batches]
-    # What each side executes per step: the padded paths run every padded token (transformers' MLM head at
-    # every token, ours at the P slots); the unpadded ones (ours on the CPU, `unpadded`) run the real tokens.
-    padded_t, slots = batch.input_ids.shape[1], batch.masked_lm_positions.shape[1]
-    unpadded = args.attn == "unpadded" or (fast_paths.bucketed_attention and device.type == "cpu")
-    executed_per_token = {
-        side: (
-            flops_per_token
-            if side == "ours" and unpadded
-            else executed_flops_per_sequence(config, padded_t, padded_t if side == "reference" else slots)
-            * args.batch_size
-            / real_tokens
-        )
-        for side in steps
-    }
     if args.attn == "unpadded":
-        probe_dtype = autocast_dtype or torch.float32
-        probe = torch.empty(
-            1, 1, config.hidden_size // config.num_attention_heads, device=device, dtype=probe_dtype
-        )
+        probe = torch.empty(1, 1, config.hidden_size // config.num_attention_heads, device=device,
+                            dtype=AUTOCAST_DTYPES[dtypes[-1]] or torch.float32)  # fmt: skip
         result["varlen_kernel"] = (
             "bucketed (CPU fast path)" if fast_paths.bucketed_attention else varlen_backend(probe)
         )
-    for side, values in times.items():
-        wall = statistics.median(w for w, _ in values)
-        cpu = statistics.median(c for _, c in values)
-        tokens_per_s = statistics.median(n / w for n, (w, _) in zip(step_tokens, values))
-        flops = tokens_per_s * flops_per_token
-        result[side] = {
-            "median_step_s": wall,
-            "mean_step_s": statistics.mean(w for w, _ in values),
-            # what a training loop would log: all tokens over all the time (tails included)
-            "tokens_per_s_overall": sum(step_tokens) / sum(w for w, _ in values),
-            "tokens_per_s": tokens_per_s,
-            "median_cpu_s": cpu,
-            "warmup_s": warmup_seconds[side],
-            "model_flops_per_s": flops,
-            "mfu": mfu(flops, device, args.dtype),  # useful FLOPs; None on the CPU or an unknown GPU
-            "executed_flops_per_s": tokens_per_s * executed_per_token[side],
-            "mfu_executed": mfu(tokens_per_s * executed_per_token[side], device, args.dtype),
-        }
-        if device.type == "cuda":
-            model, optimizer = steps[side][1], optimizers[side]
-            resident = sum(t.numel() * t.element_size() for t in _tensors(model, optimizer))
-            result[side]["peak_memory_gb"] = (resident + step_peaks[side]) / 2**30
-    if "reference" in result:
-        for side in steps:
-            if side != "reference":
-                result[side]["speedup"] = result[side]["tokens_per_s"] / result["reference"]["tokens_per_s"]
-                result[side]["cpu_time_ratio"] = (
-                    result["reference"]["median_cpu_s"] / result[side]["median_cpu_s"]
-                )
-        if "ours" in result:
-            result["speedup"] = result["ours"]["speedup"]
-            result["cpu_time_ratio"] = result["ours"]["cpu_time_ratio"]
-    _print_table(result)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
-        print(f"wrote {args.json}")
+    for side in sides:
+        result[side.label] = side_figures(
+            args, config, device, side, timed_batches, flops_per_token, fast_paths
+        )
+    _ratios(result, sides, dtypes)
     return result
+
+
+def side_figures(
+    args: argparse.Namespace,
+    config: Any,
+    device: torch.device,
+    side: Side,
+    timed_batches: list[Any],
+    flops_per_token: float,
+    fast_paths: Any,
+) -> dict[str, Any]:
+    """One side's figures from its step times (wall time's median; CPU time beside it)."""
+    from bert.model.flops import executed_flops_per_sequence, mfu
+
+    batch = timed_batches[0]
+    step_tokens = [b.num_real_tokens() for b in timed_batches]
+    real_tokens = sum(step_tokens) / len(step_tokens)
+    # What the side executes per step: the padded paths run every padded token (transformers' MLM head at
+    # every token, ours at the P slots); the unpadded ones (ours on the CPU, `unpadded`) run the real tokens.
+    padded_t, slots = batch.input_ids.shape[1], batch.masked_lm_positions.shape[1]
+    unpadded = args.attn == "unpadded" or (fast_paths.bucketed_attention and device.type == "cpu")
+    if side.name == "ours" and unpadded:
+        executed_per_token = flops_per_token
+    else:
+        at = padded_t if side.name == "reference" else slots
+        executed_per_token = executed_flops_per_sequence(config, padded_t, at) * args.batch_size / real_tokens
+    values = side.times
+    tokens_per_s = statistics.median(n / w for n, (w, _) in zip(step_tokens, values))
+    flops = tokens_per_s * flops_per_token
+    figures = {
+        "dtype": side.dtype,
+        "median_step_s": statistics.median(w for w, _ in values),
+        "mean_step_s": statistics.mean(w for w, _ in values),
+        # what a training loop would log: all tokens over all the time (tails included)
+        "tokens_per_s_overall": sum(step_tokens) / sum(w for w, _ in values),
+        "tokens_per_s": tokens_per_s,
+        "median_cpu_s": statistics.median(c for _, c in values),
+        "warmup_s": side.warmup_s,
+        "model_flops_per_s": flops,
+        "mfu": mfu(flops, device, side.dtype),  # useful FLOPs; None on the CPU or an unknown GPU
+        "executed_flops_per_s": tokens_per_s * executed_per_token,
+        "mfu_executed": mfu(tokens_per_s * executed_per_token, device, side.dtype),
+    }
+    if device.type == "cuda":
+        resident = sum(t.numel() * t.element_size() for t in _tensors(side.model, side.optimizer))
+        figures["peak_memory_gb"] = (resident + side.peak) / 2**30
+    return figures
+
+
+def _ratios(result: dict[str, Any], sides: list[Side], dtypes: list[str]) -> None:
+    """Each side against transformers at its dtype (`speedup`, `cpu_time_ratio`), and against its own first
+    dtype (`vs_first_dtype`); `result['speedup']` is ours against the reference at the first dtype."""
+    by_key = {(s.name, s.dtype): s.label for s in sides}
+    for side in sides:
+        figures = result[side.label]
+        reference = by_key.get(("reference", side.dtype))
+        if reference is not None and side.name != "reference":
+            figures["speedup"] = figures["tokens_per_s"] / result[reference]["tokens_per_s"]
+            figures["cpu_time_ratio"] = result[reference]["median_cpu_s"] / figures["median_cpu_s"]
+        first = by_key[(side.name, dtypes[0])]
+        if side.dtype != dtypes[0]:
+            figures["vs_first_dtype"] = figures["tokens_per_s"] / result[first]["tokens_per_s"]
+    ours = by_key.get(("ours", dtypes[0]))
+    if ours is not None and "speedup" in result[ours]:
+        result["speedup"] = result[ours]["speedup"]
+        result["cpu_time_ratio"] = result[ours]["cpu_time_ratio"]
 
 
 def _tensors(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
@@ -364,9 +464,11 @@ def _print_table(result: dict[str, Any]) -> None:
         print(f"fast paths of 'ours': {', '.join(result['fast_paths']) or 'none'}")
     if "varlen_kernel" in result:
         print(f"unpadded attention kernel: {result['varlen_kernel']}")
+    several = "," in result["dtype"]
     print(
-        f"{'side':<12} {'step (median)':>14} {'real tokens/s':>14} {'CPU time/step':>14} "
+        f"{'side':<16} {'step (median)':>14} {'real tokens/s':>14} {'CPU time/step':>14} "
         f"{'model TFLOP/s':>14} {'MFU':>6} {'exec. MFU':>9} {'vs reference':>13}"
+        + (f" {'vs ' + result['dtype'].split(',')[0]:>9}" if several else "")
     )
     for name in result["sides"]:
         r = result[name]
@@ -374,13 +476,15 @@ def _print_table(result: dict[str, Any]) -> None:
         executed = "-" if r["mfu_executed"] is None else f"{r['mfu_executed']:.1%}"
         ratio = f"{r['speedup']:.2f}x" if "speedup" in r else "-"
         print(
-            f"{name:<12} {r['median_step_s'] * 1000:>11.1f} ms {r['tokens_per_s']:>14.0f} "
+            f"{name:<16} {r['median_step_s'] * 1000:>11.1f} ms {r['tokens_per_s']:>14.0f} "
             f"{r['median_cpu_s'] * 1000:>11.1f} ms {r['model_flops_per_s'] / 1e12:>14.3f} {mfu:>6} "
             f"{executed:>9} {ratio:>13}"
+            + (f" {r['vs_first_dtype']:>8.2f}x" if "vs_first_dtype" in r else (" " * 10 if several else ""))
         )
     if "speedup" in result:
         print(f"speedup (ours / reference): {result['speedup']:.2f}x")
         # CPU seconds of this process: less sensitive to other jobs on a shared machine than wall time.
         print(f"CPU-time ratio (reference / ours): {result['cpu_time_ratio']:.2f}x")
-    if "compiled" in result:
-        print(f"compile + warm-up of 'compiled': {result['compiled']['warmup_s']:.1f} s")
+    for name in result["sides"]:
+        if name.startswith("compiled"):
+            print(f"compile + warm-up of '{name}': {result[name]['warmup_s']:.1f} s")

@@ -422,6 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
         bert bench --model mini --batch-size 32 --seq-len 128
         bert bench --model base --batch-size 8 --attn unpadded --steps 10 --json bench.json
         bert bench --model mini --batch-size 8 --sides plain,compiled      # what torch.compile gives
+        bert bench --model base --batch-size 8 --dtype fp32,bf16           # both dtypes, interleaved
         """,
         _run_bench,
     )
@@ -433,7 +434,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--steps", type=int, default=10, help="timed steps per model (default 10)")
     p.add_argument("--warmup", type=int, default=2, help="untimed warm-up steps per model (default 2)")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="autocast dtype")
+    p.add_argument(
+        "--dtype",
+        default="fp32",
+        help="autocast dtype: fp32, bf16 or fp16, or several (fp32,bf16: every side at each, interleaved)",
+    )
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and the batch")
     p.add_argument("--json", help="also write the results as JSON here")

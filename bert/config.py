@@ -231,7 +231,8 @@ class TrainConfig:
     """Micro-batches accumulated per optimizer step; global batch = batch_size x accumulation x processes."""
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
     """Autocast precision: auto takes the launcher's (`accelerate launch` config or ACCELERATE_MIXED_PRECISION),
-    else bf16 on a GPU that has it, else no (fp32; on CUDA with TF32 matmuls). The run prints its choice."""
+    else bf16 on a GPU that has it or a CPU with bf16 units (AMX, AVX-512 BF16), else no (fp32; on CUDA with
+    TF32 matmuls). The run prints its choice."""
     seed: int = 42
     """Seed of initialisation, shuffling, dropout and dynamic masking."""
     eval_every: int = 200
@@ -481,7 +482,8 @@ class FinetuneTrainConfig:
     max_length: int = 128
     """Maximum tokens of a pair; longer pairs are truncated longest-first."""
     mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"
-    """Autocast precision: auto takes the launcher's, else bf16 on a GPU that has it, else no (as pretraining)."""
+    """Autocast precision: auto takes the launcher's, else bf16 on a GPU or CPU with bf16 units, else no (as
+    pretraining)."""
     seeds: list[int] = field(default_factory=lambda: [42])
     """Seeds to run; several give each result plus the mean and standard deviation."""
     group_by_length: bool = True

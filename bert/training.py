@@ -6,7 +6,7 @@ signal, sums over processes, and printing on the main process only.
   replicated models. A launch that asked for more processes than started (`accelerate launch --cpu
   --num_processes 2` runs one) is one warning.
 - `resolve_precision`: what `mixed_precision=auto` means here (the launcher's value, else bf16 on a GPU
-  that has it, else fp32), said in one line by the loops.
+  that has it or a CPU with bf16 units, AMX or AVX-512 BF16, else fp32), said in one line by the loops.
 - `prepare_model`: the fast paths of bert.model.fast for the device and config; `use_static_shapes`.
 - `main_process_first`: the main process does a long job (preparing the data) while the others wait on the
   launcher's key-value store, not in a collective that the process group's timeout would kill.
@@ -37,19 +37,40 @@ def print0(accelerator: Any, message: str) -> None:
         print(message, flush=True)
 
 
-def resolve_precision(configured: str, cuda: bool | None = None) -> tuple[str, str]:
+def resolve_precision(
+    configured: str, cuda: bool | None = None, cpu_bf16: bool | None = None
+) -> tuple[str, str]:
     """(precision, why) for `train.mixed_precision`: an explicit value wins; 'auto' takes the launcher's
     (`accelerate launch` exports its config's as ACCELERATE_MIXED_PRECISION), else bf16 on a GPU that
-    supports it, else 'no' (fp32)."""
+    supports it or a CPU with bf16 units (`cpu_bf16_units`), else 'no' (fp32)."""
     if configured != "auto":
         return configured, "train.mixed_precision"
     launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "").strip().lower()
     if launcher in ("no", "fp16", "bf16"):
         return launcher, "the launcher's setting"
     cuda = torch.cuda.is_available() if cuda is None else cuda
-    if cuda and torch.cuda.is_bf16_supported():
-        return "bf16", "auto: this GPU has bf16"
-    return "no", "auto: fp32 on the CPU" if not cuda else "auto: this GPU has no bf16"
+    if cuda:
+        if torch.cuda.is_bf16_supported():
+            return "bf16", "auto: this GPU has bf16"
+        return "no", "auto: this GPU has no bf16"
+    units = cpu_bf16_units() if cpu_bf16 is None else ("bf16 units" if cpu_bf16 else None)
+    if units:
+        return "bf16", f"auto: this CPU has {units}"
+    return "no", "auto: this CPU has no bf16 units"
+
+
+def cpu_bf16_units() -> str | None:
+    """The CPU's native bf16 matmul units ('AMX' or 'AVX-512 BF16'), or None. Without them bf16 is
+    emulated and slower than fp32; with them a BERT step runs 1.4-1.7x faster (BENCHMARKS.md)."""
+    probes = (("AMX", "_is_amx_tile_supported"), ("AVX-512 BF16", "_is_avx512_bf16_supported"))
+    for name, probe in probes:
+        check = getattr(torch.cpu, probe, None)  # private in torch 2.x; a missing probe counts as no
+        try:
+            if check is not None and check():
+                return name
+        except RuntimeError:
+            continue
+    return None
 
 
 def precision_line(precision: str, why: str, device: torch.device) -> str:

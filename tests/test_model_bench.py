@@ -51,3 +51,33 @@ def test_bench_command_runs_both_models(tmp_path, capsys):
     assert result["ours"]["mfu"] is None
     printed = capsys.readouterr().out
     assert "speedup" in printed and "model TFLOP/s" in printed
+
+
+@pytest.mark.e2e
+def test_bench_compares_dtypes_interleaved_in_one_run(tmp_path, capsys):
+    """`--dtype fp32,bf16`: every side at each dtype, each against transformers at the same dtype and
+    against its own fp32."""
+    out = tmp_path / "bench.json"
+    args = [
+        "bench",
+        "--model",
+        "tiny",
+        "--batch-size",
+        "2",
+        "--seq-len",
+        "16",
+        "--steps",
+        "2",
+        "--warmup",
+        "0",
+    ]
+    assert main([*args, "--dtype", "fp32,bf16", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["sides"] == ["ours@fp32", "reference@fp32", "ours@bf16", "reference@bf16"]
+    bf16 = result["ours@bf16"]
+    assert bf16["dtype"] == "bf16" and bf16["speedup"] == pytest.approx(
+        bf16["tokens_per_s"] / result["reference@bf16"]["tokens_per_s"]
+    )
+    assert bf16["vs_first_dtype"] == pytest.approx(bf16["tokens_per_s"] / result["ours@fp32"]["tokens_per_s"])
+    assert "vs fp32" in capsys.readouterr().out
+    assert main([*args, "--dtype", "fp8"]) == 2  # one line, not a traceback

@@ -118,7 +118,8 @@ def test_precision_auto_takes_the_launchers_then_the_hardwares_and_an_explicit_v
     from bert.training import precision_line, resolve_precision
 
     monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
-    assert resolve_precision("auto", cuda=False) == ("no", "auto: fp32 on the CPU")
+    assert resolve_precision("auto", cuda=False, cpu_bf16=False) == ("no", "auto: this CPU has no bf16 units")
+    assert resolve_precision("auto", cuda=False, cpu_bf16=True) == ("bf16", "auto: this CPU has bf16 units")
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     assert resolve_precision("auto", cuda=True) == ("bf16", "auto: this GPU has bf16")
     monkeypatch.setenv(
@@ -128,3 +129,18 @@ def test_precision_auto_takes_the_launchers_then_the_hardwares_and_an_explicit_v
     assert resolve_precision("no", cuda=True) == ("no", "train.mixed_precision")  # the config wins
     line = precision_line("no", "train.mixed_precision", torch.device("cuda"))
     assert line == "precision: fp32 (train.mixed_precision); TF32 matmuls"
+
+
+def test_the_cpus_bf16_units_are_read_from_torchs_probes(monkeypatch):
+    from bert.training import cpu_bf16_units, resolve_precision
+
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    assert cpu_bf16_units() == "AVX-512 BF16"
+    assert resolve_precision("auto", cuda=False) == ("bf16", "auto: this CPU has AVX-512 BF16")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    assert cpu_bf16_units() is None and resolve_precision("auto", cuda=False)[0] == "no"
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)  # an older torch: no probe
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
+    assert cpu_bf16_units() is None
