@@ -37,12 +37,19 @@ def print0(accelerator: Any, message: str) -> None:
         print(message, flush=True)
 
 
+CPU_BF16_MIN_WIDTH = 256
+"""The narrowest model (hidden size) for which `auto` picks bf16 on a CPU with bf16 units. Below it the
+casts autocast adds cost more than the smaller matmuls save: the demo's L2/H128 model trains 2.5x slower in
+bf16, BERT-mini (H256) 1.1-1.5x faster (BENCHMARKS.md, 2026-12-06)."""
+
+
 def resolve_precision(
-    configured: str, cuda: bool | None = None, cpu_bf16: bool | None = None
+    configured: str, cuda: bool | None = None, cpu_bf16: bool | None = None, width: int | None = None
 ) -> tuple[str, str]:
     """(precision, why) for `train.mixed_precision`: an explicit value wins; 'auto' takes the launcher's
     (`accelerate launch` exports its config's as ACCELERATE_MIXED_PRECISION), else bf16 on a GPU that
-    supports it or a CPU with bf16 units (`cpu_bf16_units`), else 'no' (fp32)."""
+    supports it, or on a CPU with bf16 units (`cpu_bf16_units`) for a model of hidden size `width` of at
+    least CPU_BF16_MIN_WIDTH; else 'no' (fp32)."""
     if configured != "auto":
         return configured, "train.mixed_precision"
     launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "").strip().lower()
@@ -54,9 +61,11 @@ def resolve_precision(
             return "bf16", "auto: this GPU has bf16"
         return "no", "auto: this GPU has no bf16"
     units = cpu_bf16_units() if cpu_bf16 is None else ("bf16 units" if cpu_bf16 else None)
-    if units:
-        return "bf16", f"auto: this CPU has {units}"
-    return "no", "auto: this CPU has no bf16 units"
+    if not units:
+        return "no", "auto: this CPU has no bf16 units"
+    if width is not None and width < CPU_BF16_MIN_WIDTH:
+        return "no", f"auto: bf16 is slower than fp32 on the CPU below hidden size {CPU_BF16_MIN_WIDTH}"
+    return "bf16", f"auto: this CPU has {units}"
 
 
 def cpu_bf16_units() -> str | None:
@@ -88,13 +97,15 @@ def make_accelerator(
     log_with: list[str] | None = None,
     gradient_accumulation_steps: int = 1,
     split_batches: bool = False,
+    model_width: int | None = None,
 ) -> Any:
     """An Accelerator for this project's loops (module docstring); `mixed_precision` may be 'auto'
-    (`resolve_precision`), and the resolved value is `accelerator.mixed_precision`."""
+    (`resolve_precision`, for a model of hidden size `model_width`), and the resolved value is
+    `accelerator.mixed_precision`."""
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, DistributedType
 
-    precision, why = resolve_precision(mixed_precision)
+    precision, why = resolve_precision(mixed_precision, width=model_width)
     if torch.cuda.is_available():
         # fp32 matmuls (fp32 runs, and the fp32 islands of autocast) on the tensor cores: TF32 keeps fp32's
         # range with a 10-bit mantissa, what NVIDIA's and MosaicBERT's BERT recipes train with.

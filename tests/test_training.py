@@ -141,6 +141,9 @@ def test_the_cpus_bf16_units_are_read_from_torchs_probes(monkeypatch):
     assert resolve_precision("auto", cuda=False) == ("bf16", "auto: this CPU has AVX-512 BF16")
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
     assert cpu_bf16_units() is None and resolve_precision("auto", cuda=False)[0] == "no"
+    # a narrow model stays fp32 even with bf16 units: the casts cost more than the small matmuls save
+    assert resolve_precision("auto", cuda=False, cpu_bf16=True, width=128)[0] == "no"
+    assert resolve_precision("auto", cuda=False, cpu_bf16=True, width=256)[0] == "bf16"
     monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)  # an older torch: no probe
     monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported", raising=False)
     assert cpu_bf16_units() is None

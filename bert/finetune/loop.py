@@ -369,6 +369,15 @@ def check_model(cfg: FinetuneConfig) -> None:
             return
 
 
+def model_width(model_path: str | Path) -> int | None:
+    """The hidden size of the model folder (or a run's export), for `mixed_precision=auto`; None if unknown."""
+    for folder in (Path(model_path), Path(model_path) / "export"):
+        if (folder / "config.json").is_file():
+            width = read_config_json(folder).get("hidden_size")
+            return width if isinstance(width, int) else None
+    return None
+
+
 def load_model(model_path: str | Path, task: Task, attn_implementation: str | None) -> tuple[Any, Any]:
     """A sequence classifier from a model folder, with the task's output count and problem type; returns
     (model, LoadReport). A pretrained encoder has no classifier yet: that one is expected; any other
@@ -508,6 +517,7 @@ def finetune_accelerator(cfg: FinetuneConfig, with_trackers: bool) -> tuple[Any,
         log_with=trackers,
         gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
         split_batches=True,
+        model_width=model_width(cfg.model_path),
     )
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     torch.set_num_threads(cfg.train.num_threads or max(1, len(os.sched_getaffinity(0)) // local))

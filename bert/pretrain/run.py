@@ -79,6 +79,7 @@ class Run:
                 run.run_dir,
                 log_with=log_with,
                 gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
+                model_width=cfg.model.hidden_size,
             )
             accelerator = run.accelerator
             run.main = accelerator.is_main_process
