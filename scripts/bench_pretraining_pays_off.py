@@ -1,109 +1,224 @@
-"""Pretraining pays off: `bert glue` of a pretrained model against the same shape from random initialisation.
+"""Pretraining pays off: the downstream verdict in one command.
 
-    python scripts/bench_pretraining_pays_off.py --pretrain          # pretrain first (configs/pretrain/cpu_budget_mini.yaml)
-    python scripts/bench_pretraining_pays_off.py --export runs/cpu_budget_mini/export --seeds 1,2,3
+    python scripts/bench_pretraining_pays_off.py --minutes 25 --tasks stsb,mrpc --seeds 1,2,3,4,5
 
-The pretrained side is an export of `bert pretrain` (with --pretrain, the CPU-budget preset is run first:
-BERT-mini, 30 minutes on ../shared/data/corpus). The other side is a model of the same config and tokenizer
-with freshly initialised weights (seed --init-seed), written beside the results. Both go through `bert glue`
-with the same tasks, seeds and overrides, each in a process of its own, and the script prints one table:
-per entry, the primary metric (mean +- std over seeds) of both sides and the difference. Results as JSON
-with --json; each side's glue.json/glue.md stay under --output.
+1. Pretrain BERT-mini (MLM, sequence 128) on ../shared/data/corpus for `--minutes` of training time with
+   `bert pretrain`, and the same shape, from the same initial weights, for the same training time with the
+   usual transformers pipeline (`BertForMaskedLM` + `DataCollatorForLanguageModeling` in a plain loop, fp32:
+   scripts/bench_time_to_quality.py has both sides and says what they share). `bert pretrain` runs with its
+   defaults, so `mixed_precision=auto` decides its precision (bf16 on a CPU with bf16 units).
+2. Score both on the same held-out sequences with fixed masks at every kept point: held-out MLM loss
+   against training time.
+3. Fine-tune three models with `bert glue` on the chosen tasks, every seed, the same settings: ours, the
+   reference's, and the shared initial weights (random initialisation, the same shape and tokenizer).
+4. Print one table (mean +- std over seeds per task and model) and the verdict: ours against random
+   initialisation in standard deviations of the seeds (the larger of the two), and ours against the
+   reference; write a PNG of the loss curves and the GLUE scores, and everything as JSON.
+
+`--skip-pretraining` reuses the models of an earlier run in `--out` (to redo only the fine-tuning).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-MODEL_FILES = {"config.json", "model.safetensors"}
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 
 
-def random_twin(export: Path, output: Path, seed: int) -> Path:
-    """A model folder with `export`'s config and tokenizer files and freshly initialised weights."""
-    import shutil
+def with_tokenizer(folder: Path, prepared: Path) -> Path:
+    """Copy the prepared data's tokenizer into a model folder (the three models share it)."""
+    for name in TOKENIZER_FILES:
+        if (prepared / "tokenizer" / name).is_file():
+            shutil.copy2(prepared / "tokenizer" / name, folder / name)
+    return folder
 
-    import torch
 
-    from bert.export import write_export
+def save_reference(init: Path, state: dict, folder: Path, prepared: Path) -> Path:
+    """The reference's final weights as a BERT folder: its encoder and MLM head; the pooler and NSP head,
+    which MLM-only training never touches on either side, stay the shared initial ones."""
     from bert.model import BertForPreTraining
-    from bert.model.config import BertConfig
 
-    torch.manual_seed(seed)
-    model = BertForPreTraining(BertConfig.from_pretrained(export))
-    write_export(model, None, output)
-    for path in export.iterdir():
-        if path.is_file() and path.name not in MODEL_FILES:
-            shutil.copy2(path, output / path.name)
-    return output
+    model = BertForPreTraining.from_pretrained(init)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert not unexpected, unexpected
+    assert all(k.startswith(("bert.pooler.", "cls.seq_relationship.")) for k in missing), missing
+    model.save_pretrained(folder)
+    return with_tokenizer(folder, prepared)
 
 
-def run(command: list[str]) -> None:
-    print("+", " ".join(command), flush=True)
-    code = subprocess.run(command, cwd=ROOT).returncode
-    if code != 0:
-        raise SystemExit(f"bench_pretraining_pays_off: `{' '.join(command[2:4])}` failed (exit {code})")
+def pretrain_both(args: argparse.Namespace) -> dict[str, Any]:
+    """Step 1 and 2: both pipelines for the same training time, scored on the same held-out sequences."""
+    import bench_time_to_quality as ttq
+    from transformers import BertForMaskedLM
+
+    from bert.export import export_checkpoint
+    from bert.model import BertForPreTraining
+
+    seconds, every = args.minutes * 60, args.minutes * 60 / 8
+    prepared = ttq.prepare(args.corpus, args.out / "prepared")
+    meta = json.loads((prepared / "meta.json").read_text())
+    held = ttq.held_out(prepared, args.held_out)
+    init = with_tokenizer(ttq.initial_weights(meta["vocab_size"], args.out), prepared)
+    print(f"prepared {prepared}: {meta['counts']['train']['instances']:,} training sequences; held out "
+          f"{held['sequences']} sequences", flush=True)  # fmt: skip
+    started = time.perf_counter()
+    reference = ttq.run_reference(prepared, init, seconds, every, args.batch_size)
+    print(f"reference: {reference[-1]['step']} steps in {reference[-1]['seconds']:.0f} s of training "
+          f"({time.perf_counter() - started:.0f} s wall)", flush=True)  # fmt: skip
+    save_reference(init, reference[-1]["state"], args.out / "reference_model", prepared)
+    ref_model = BertForMaskedLM.from_pretrained(str(init))
+    for point in reference:
+        ref_model.load_state_dict(point.pop("state"))
+        point["loss"] = ttq.mlm_loss_on(ref_model, held, our_model=False)
+    steps_per_s = reference[-1]["step"] / reference[-1]["seconds"] * 3  # a guess, for the checkpoint spacing
+    ours, _ = ttq.run_ours(prepared, init, args.out, seconds, every, args.batch_size, steps_per_s)
+    for point in ours:
+        exported = export_checkpoint(point["folder"], args.out / "eval_export")
+        point["loss"] = ttq.mlm_loss_on(BertForPreTraining.from_pretrained(exported), held, our_model=True)
+    initial = ttq.mlm_loss_on(BertForPreTraining.from_pretrained(init), held, our_model=True)
+    shutil.rmtree(args.out / "eval_export", ignore_errors=True)
+    curves = {"initial_loss": initial, "reference": reference, "ours": ours, "prepared": str(prepared)}
+    (args.out / "curves.json").write_text(json.dumps(curves, indent=2, default=str) + "\n")
+    return curves
+
+
+def models(out: Path) -> dict[str, Path]:
+    return {
+        "ours": out / "ours" / "export",
+        "transformers": out / "reference_model",
+        "random init": out / "init",
+    }
+
+
+def fine_tune_all(args: argparse.Namespace) -> dict[str, Any]:
+    """Step 3: `bert glue` of each model on the tasks, every seed, the same overrides."""
+    verdicts = {}
+    for name, folder in models(args.out).items():
+        if not (folder / "config.json").is_file():
+            raise SystemExit(
+                f"bench_pretraining_pays_off: no model at {folder} (run without --skip-pretraining)"
+            )
+        output = args.out / "glue" / name.replace(" ", "_")
+        command = [sys.executable, "-m", "bert.cli", "glue", str(folder), "--data", str(args.glue),
+                   "--tasks", args.tasks, "--output", str(output), f"train.seeds=[{args.seeds}]",
+                   "logging.trackers=[]", "logging.progress_bar=false", *args.overrides]  # fmt: skip
+        print("+", " ".join(command[2:]), flush=True)
+        subprocess.run(command, cwd=ROOT, check=True)
+        verdicts[name] = json.loads((output / "glue.json").read_text())
+    return verdicts
+
+
+def verdict_table(verdicts: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+    """Step 4: mean +- std per task and model, and ours against random init and against transformers."""
+    names = list(verdicts)
+    lines = ["| task | metric | " + " | ".join(names) + " | ours - random (in std) | ours - transformers |",
+             "|---|---|" + "---|" * len(names) + "---|---|"]  # fmt: skip
+    findings = []
+    entries = {name: {e["entry"]: e for e in v["entries"]} for name, v in verdicts.items()}
+    for entry in entries["ours"]:
+        ours, rnd, ref = (entries[n][entry] for n in ("ours", "random init", "transformers"))
+        spread = max(ours["std"], rnd["std"], 1e-12)
+        sigmas = (ours["mean"] - rnd["mean"]) / spread
+        gap = ours["mean"] - ref["mean"]
+        cells = " | ".join(
+            f"{entries[n][entry]['mean'] * 100:.2f} ± {entries[n][entry]['std'] * 100:.2f}" for n in names
+        )
+        lines.append(f"| {entry} | {ours['metric']} | {cells} | {(ours['mean'] - rnd['mean']) * 100:+.2f} "
+                     f"({sigmas:+.1f}) | {gap * 100:+.2f} |")  # fmt: skip
+        findings.append({"entry": entry, "metric": ours["metric"], "sigmas_over_random": sigmas,
+                         "beats_random_by_3_std": sigmas > 3, "minus_transformers": gap,
+                         "at_least_transformers": gap >= 0})  # fmt: skip
+    return "\n".join(lines), findings
+
+
+def draw(curves: dict[str, Any], verdicts: dict[str, Any], path: Path) -> None:
+    """Held-out MLM loss against training time for both pipelines, and the GLUE scores with their spread."""
+    from bert.plot import pyplot
+
+    plt = pyplot("bench_pretraining_pays_off")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for side, label in (("ours", "bert pretrain"), ("reference", "transformers pipeline")):
+        points = curves[side]
+        left.plot([0] + [p["seconds"] / 60 for p in points], [curves["initial_loss"]] + [p["loss"] for p in points],
+                  marker="o", label=label)  # fmt: skip
+    left.set_xlabel("training time (minutes)")
+    left.set_ylabel("held-out MLM loss")
+    left.set_title("BERT-mini pretraining, same time budget")
+    left.legend()
+    names = list(verdicts)
+    entries = [e["entry"] for e in verdicts[names[0]]["entries"]]
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        by_entry = {e["entry"]: e for e in verdicts[name]["entries"]}
+        xs = [j + i * width for j in range(len(entries))]
+        means = [by_entry[e]["mean"] * 100 for e in entries]
+        stds = [by_entry[e]["std"] * 100 for e in entries]
+        right.bar(xs, means, width, yerr=stds, capsize=3, label=name)
+    right.set_xticks([j + width * (len(names) - 1) / 2 for j in range(len(entries))])
+    right.set_xticklabels(
+        [f"{e}\n({verdicts[names[0]]['entries'][k]['metric']})" for k, e in enumerate(entries)]
+    )
+    right.set_ylabel("dev score x 100 (mean ± std over seeds)")
+    right.set_title("fine-tuned with bert glue")
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--pretrain", action="store_true", help="run configs/pretrain/cpu_budget_mini.yaml first"
+    parser.add_argument("--minutes", type=float, default=25.0, help="training time of each pipeline")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--corpus", default=str(ROOT.parent / "shared" / "data" / "corpus"))
+    parser.add_argument("--glue", type=Path, default=ROOT.parent / "shared" / "data" / "glue")
+    parser.add_argument("--tasks", default="stsb,mrpc")
+    parser.add_argument("--seeds", default="1,2,3,4,5", help="comma-separated fine-tuning seeds")
+    parser.add_argument("--held-out", type=int, default=512, help="held-out sequences scored")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "pays_off")
+    parser.add_argument("--skip-pretraining", action="store_true", help="reuse the models in --out")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides of every `bert glue` run")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    print(f"load before: {os.getloadavg()}", flush=True)
+    if args.skip_pretraining:
+        curves = json.loads((args.out / "curves.json").read_text())
+    else:
+        curves = pretrain_both(args)
+    verdicts = fine_tune_all(args)
+    table, findings = verdict_table(verdicts)
+    print(
+        f"\nheld-out MLM loss after {args.minutes:g} min: bert pretrain {curves['ours'][-1]['loss']:.3f}, "
+        f"transformers pipeline {curves['reference'][-1]['loss']:.3f} (initial {curves['initial_loss']:.3f})"
     )
-    parser.add_argument("--budget", default="30m", help="train.max_time of that pretraining (default 30m)")
-    parser.add_argument("--export", type=Path, default=ROOT / "runs" / "cpu_budget_mini" / "export")
-    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "glue")
-    parser.add_argument("--tasks", default="mrpc")
-    parser.add_argument("--seeds", default="1,2,3", help="comma-separated fine-tuning seeds (default 1,2,3)")
-    parser.add_argument("--init-seed", type=int, default=0, help="seed of the random initialisation")
-    parser.add_argument("--output", type=Path, default=ROOT / "runs" / "pays_off")
-    parser.add_argument("--json", type=Path, help="also write the results as JSON here")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides for both `bert glue` runs")
-    args, rest = parser.parse_known_args()
-    overrides = args.overrides + [item for item in rest if "=" in item and not item.startswith("-")]
-    if len(overrides) != len(args.overrides) + len(rest):
-        parser.error(f"unrecognized arguments: {' '.join(r for r in rest if r not in overrides)}")
-
-    bert = [sys.executable, "-m", "bert.cli"]
-    if args.pretrain:
-        run([*bert, "pretrain", "configs/pretrain/cpu_budget_mini.yaml", f"train.max_time={args.budget}"])
-    if not (args.export / "config.json").is_file():
+    print(f"GLUE dev, seeds {args.seeds}, overrides {' '.join(args.overrides) or 'none'}:\n{table}")
+    for f in findings:
         print(
-            f"bench_pretraining_pays_off: no model at {args.export} (use --pretrain or --export)",
-            file=sys.stderr,
+            f"{f['entry']}: ours beats random init by {f['sigmas_over_random']:+.1f} std "
+            f"({'yes' if f['beats_random_by_3_std'] else 'no'}, > 3 needed); ours - transformers "
+            f"{f['minus_transformers'] * 100:+.2f} ({'at least as good' if f['at_least_transformers'] else 'worse'})"
         )
-        return 2
-    if not args.data.is_dir():
-        print(f"bench_pretraining_pays_off: no GLUE folder at {args.data} (use --data)", file=sys.stderr)
-        return 2
-    twin = random_twin(args.export, args.output / "random_init_model", args.init_seed)
-    seeds = f"train.seeds=[{args.seeds}]"
-    verdicts = {}
-    for side, model in (("pretrained", args.export), ("random init", twin)):
-        out = args.output / side.replace(" ", "_")
-        run([*bert, "glue", str(model), "--data", str(args.data), "--tasks", args.tasks, "--output", str(out),
-             seeds, *overrides])  # fmt: skip
-        verdicts[side] = json.loads((out / "glue.json").read_text())
-
-    pre, rnd = verdicts["pretrained"], verdicts["random init"]
-    print(f"\nGLUE dev, seeds {args.seeds}: {args.export} against the same shape from random initialisation")
-    print("| entry | metric | pretrained | random init | difference |")
-    print("|---|---|---|---|---|")
-    for a, b in zip(pre["entries"], rnd["entries"], strict=True):
-        print(
-            f"| {a['entry']} | {a['metric']} | {a['mean'] * 100:.2f} ± {a['std'] * 100:.2f} | "
-            f"{b['mean'] * 100:.2f} ± {b['std'] * 100:.2f} | {(a['mean'] - b['mean']) * 100:+.2f} |"
-        )
-    print(f"| average | | {pre['average'] * 100:.2f} | {rnd['average'] * 100:.2f} | "
-          f"{(pre['average'] - rnd['average']) * 100:+.2f} |")  # fmt: skip
-    if args.json:
-        args.json.write_text(json.dumps(verdicts, indent=2) + "\n")
+    draw(curves, verdicts, args.out / "pays_off.png")
+    summary = {"minutes": args.minutes, "seeds": args.seeds, "overrides": args.overrides, "findings": findings,
+               "final_loss": {"ours": curves["ours"][-1]["loss"], "transformers": curves["reference"][-1]["loss"]},
+               "glue": verdicts}  # fmt: skip
+    (args.out / "pays_off.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    print(
+        f"load after: {os.getloadavg()}\nwritten: {args.out / 'pays_off.png'}, {args.out / 'pays_off.json'}"
+    )
     return 0
 
 
