@@ -268,8 +268,7 @@ class TrainConfig:
     release_memory_every: int | None = 200
     """On the CPU, hand the heap memory freed by training steps back to the OS every N optimizer steps
     (glibc keeps it otherwise, and batches of changing shapes fragment it: host memory grows for hours);
-    null: never. Every 200 steps kept BERT-mini's peak flat at a few percent of speed; every 20 cost about
-    15% (BENCHMARKS.md)."""
+    null: never. BENCHMARKS.md has the peak and the speed at several settings."""
     pad_vocab_multiple: int = 64
     """The model's vocabulary (word-embedding and MLM-decoder rows) rounded up to a multiple of this, e.g.
     30522 -> 30528: the tensor cores want aligned matrix sizes. The extra rows are never looked up; exports

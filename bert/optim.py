@@ -161,9 +161,8 @@ def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optim
     for group in groups:
         group.pop("use_trust_ratio")
     # The fused kernel updates each tensor in one pass. Every step must update the whole word-embedding matrix
-    # (Adam's moments decay even for rows without gradient); on a 2-core CPU the fused kernel made a BERT-base
-    # step at batch 8 about 1 s shorter than the default foreach one (BENCHMARKS.md). Same update, up to
-    # floating-point rounding.
+    # (Adam's moments decay even for rows without gradient), which the fused kernel does in one pass per
+    # tensor; the saving is in BENCHMARKS.md. Same update, up to floating-point rounding.
     fused = cfg.fused and _fused_adamw_available()
     return torch.optim.AdamW(
         groups, lr=cfg.lr, betas=betas, eps=cfg.eps, weight_decay=cfg.weight_decay, fused=fused

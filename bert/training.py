@@ -39,8 +39,8 @@ def print0(accelerator: Any, message: str) -> None:
 
 CPU_BF16_MIN_WIDTH = 256
 """The narrowest model (hidden size) for which `auto` picks bf16 on a CPU with bf16 units. Below it the
-casts autocast adds cost more than the smaller matmuls save: the demo's L2/H128 model trains 2.5x slower in
-bf16, BERT-mini (H256) 1.1-1.5x faster (BENCHMARKS.md, 2026-12-06)."""
+casts autocast adds cost more than the smaller matmuls save: the demo's H128 model trains slower in bf16,
+BERT-mini (H256) faster (BENCHMARKS.md, 2026-12-06, has the figures)."""
 
 
 def resolve_precision(
@@ -70,7 +70,7 @@ def resolve_precision(
 
 def cpu_bf16_units() -> str | None:
     """The CPU's native bf16 matmul units ('AMX' or 'AVX-512 BF16'), or None. Without them bf16 is
-    emulated and slower than fp32; with them a BERT step runs 1.4-1.7x faster (BENCHMARKS.md)."""
+    emulated and slower than fp32; with them a wide enough BERT step runs faster (BENCHMARKS.md)."""
     probes = (("AMX", "_is_amx_tile_supported"), ("AVX-512 BF16", "_is_avx512_bf16_supported"))
     for name, probe in probes:
         check = getattr(torch.cpu, probe, None)  # private in torch 2.x; a missing probe counts as no

@@ -3,19 +3,16 @@
 Tiers (markers, pyproject.toml): the default `pytest` runs the unit tests, in seconds; `e2e` marks tests that
 run whole jobs (pretraining, fine-tuning, a CLI in a subprocess); `slow` marks the long checks. CI and
 `bash scripts/test.sh` run the unit and e2e tiers; `bash scripts/test.sh --slow` adds the slow ones.
-Tests import the helpers as `tests.<module>` (the repository root is on sys.path, see below).
+Tests import the helpers as `tests.<module>` (pyproject.toml puts the repository root on pytest's path).
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:  # `tests.pretrain_utils` etc., however pytest is started
-    sys.path.insert(0, str(REPO))
 
 
 @pytest.fixture(scope="session")

@@ -3,9 +3,9 @@
 The same value and gradient as `F.cross_entropy(logits, labels, ignore_index=-100, reduction="sum")`, in
 fewer passes over the (R, V) logits, the largest activation of the step (152 x 30,522 for BERT-mini at
 batch 8). torch's version writes log-probabilities, then in the backward fills a zero (R, V) gradient,
-scatters into it and runs the log-softmax backward: 12.6 ms forward + backward on a 2-core CPU. Here the
-forward computes the softmax once and turns it in place into the gradient, softmax - one_hot(label); the
-backward only scales it (0 for unlabelled rows): 6.6 ms (the two alternated in one process). The
+scatters into it and runs the log-softmax backward. Here the forward computes the softmax once and turns
+it in place into the gradient, softmax - one_hot(label); the backward only scales it (0 for unlabelled
+rows): about half the time (BENCHMARKS.md, "Figures moved out of the code"). The
 log-sum-exp comes from the same softmax: the largest logit m has probability exp(0) / sum = 1 / sum, never
 below 1 / V, so lse = m - log(p_max) cannot underflow.
 """

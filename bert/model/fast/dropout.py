@@ -1,13 +1,12 @@
 """Dropout with a cheaper random mask, for the CPU.
 
-`nn.Dropout` on the CPU draws one Bernoulli sample per element through torch's generator: on a 2-core CPU,
-dropout on a (1810, 384) activation (a MiniLM fine-tuning batch) takes about 13 ms, while the matmul that
-produced it takes about 6. `cheap_dropout` draws 16 random bits per element instead, four elements from one
+`nn.Dropout` on the CPU draws one Bernoulli sample per element through torch's generator, which can take
+longer than the matmul that produced the activation (BENCHMARKS.md, "Figures moved out of the code").
+`cheap_dropout` draws 16 random bits per element instead, four elements from one
 64-bit draw of the same seeded generator (so runs stay reproducible and an exact resume restores it), and
 drops an element when its bits fall below a threshold. That is a Bernoulli draw whose probability is p rounded
 to a multiple of 1/65536 (for p = 0.1: 6554/65536 = 0.100006); the kept values are scaled by 1 / (1 - that
-probability), so the expectation of the output is exactly the input, as with `nn.Dropout`. Measured there:
-about 2 ms instead of 13.
+probability), so the expectation of the output is exactly the input, as with `nn.Dropout`.
 """
 
 from __future__ import annotations

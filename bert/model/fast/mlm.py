@@ -7,9 +7,8 @@ edge into the tied word embeddings.
    the used slots only and scatters the logits back (a data-dependent shape: fine on the CPU).
 
 2. Vocabulary slices (`_SlicedLinear`). The decoder maps the P hidden states at the masked positions to
-   V = 30,522 logits: a skinny matmul for which the CPU BLAS picks a poor plan. Measured on a 2-core CPU for
-   BERT-mini at batch 8 (P = 152, H = 256): `F.linear` takes about 48 ms forward and 64 ms for the two
-   backward matmuls; the same products over slices of 2048 rows of the matrix about 25 ms and 40 ms. Each
+   V = 30,522 logits: a skinny matmul for which the CPU BLAS picks a poor plan, and the same products over
+   slices of 2048 rows of the matrix run faster (BENCHMARKS.md, "Figures moved out of the code"). Each
    logit is the same dot product either way. Used in fp32 without autocast only.
 
 3. One gradient edge (`_TiedWordLookup`). The word-embedding matrix is used twice, by the lookup and by the
@@ -17,8 +16,8 @@ edge into the tied word embeddings.
    with zeros, a few rows written) and adds the two: three passes over V x H floats for a few hundred rows.
    Here the lookup returns, besides the embeddings, an alias of the matrix, which the decoder of the same
    forward uses (handed over through a `TiedRoute` that the two modules share); the backward receives the
-   decoder's dense (V, H) gradient and adds the looked-up rows into it. About 25 ms a step of fills and adds
-   for BERT-mini at batch 8, out of ~400. The [PAD] row gets nothing from the lookup, as in nn.Embedding.
+   decoder's dense (V, H) gradient and adds the looked-up rows into it, saving those fills and adds
+   (BENCHMARKS.md). The [PAD] row gets nothing from the lookup, as in nn.Embedding.
 """
 
 from __future__ import annotations

@@ -2,8 +2,7 @@
 
 Three (N, H) x (H, H) products become one (N, H) x (H, 3H) product on the concatenated weights (the
 parameters keep their Hugging Face names; the concatenation is a copy of 3 H^2 floats per layer and step).
-On a 2-core CPU, alternating both in one process: BERT-mini at batch 8, 216 -> 211 ms a training step;
-BERT-base, 3722 -> 3693 ms.
+Its gain is small (BENCHMARKS.md, "Figures moved out of the code").
 """
 
 from __future__ import annotations
