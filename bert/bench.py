@@ -175,7 +175,6 @@ def build_sides(
     paths: Any,
 ) -> list[Side]:
     """Every (side, dtype) with the same initial weights and a fresh AdamW (module docstring)."""
-    from bert.losses import pretraining_loss
     from bert.model import fast
     from bert.model.modeling import BertForPreTraining
 
@@ -197,7 +196,7 @@ def build_sides(
                 model = fast.enable(model.to(device).train(), chosen)
                 if name == "compiled":
                     model.compile(backend=getattr(args, "compile_backend", "inductor"))
-                loss_of = _our_step(model, autocast, chosen.cross_entropy(), pretraining_loss)
+                loss_of = _our_step(model, autocast, chosen.pretraining_loss())
             label = name if len(dtypes) == 1 else f"{name}@{dtype}"
             optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, **adamw)
             sides.append(Side(name, dtype, label, loss_of, model, optimizer))
@@ -220,9 +219,7 @@ def _reference_model(config: Any, initial: dict[str, torch.Tensor], device: torc
         raise UserError(
             "bert bench: the reference needs `transformers` (pip install bertsmith[hf])"
         ) from None
-    hf_fields = {"attn_implementation", "pre_layer_norm", "architectures"}
-    hf_config = transformers.BertConfig(**{k: v for k, v in config.to_dict().items() if k not in hf_fields})
-    ref = transformers.BertForPreTraining(hf_config)
+    ref = transformers.BertForPreTraining(config.to_transformers())
     ref.load_state_dict(initial)
     return ref.to(device).train()
 
@@ -284,7 +281,9 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     config = load_config(PretrainConfig, None, [f"model={args.model}"]).model
     config.attn_implementation = args.attn
     if getattr(args, "data", None):
-        config.vocab_size = int(json.loads((Path(args.data) / "meta.json").read_text())["vocab_size"])
+        from bert.data.prepared import read_meta
+
+        config.vocab_size = read_meta(args.data)["vocab_size"]
     batches = bench_batches(args, config, device)
     timed_batches = [batches[(args.warmup + i) % len(batches)] for i in range(args.steps)]
     fast_paths = fast.select(device, getattr(args, "fast_paths", "auto"))
@@ -444,11 +443,11 @@ def _sides(args: argparse.Namespace) -> list[str]:
     return list(dict.fromkeys(sides))
 
 
-def _our_step(model: Any, autocast: Any, cross_entropy: Any, loss_fn: Any) -> Any:
+def _our_step(model: Any, autocast: Any, loss_fn: Any) -> Any:
     def step(batch: Any) -> torch.Tensor:
         with autocast():
             outputs = model(**batch.model_inputs())
-            return loss_fn(outputs, batch, cross_entropy=cross_entropy).loss
+            return loss_fn(outputs, batch).loss
 
     return step
 

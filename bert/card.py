@@ -147,6 +147,7 @@ def pretraining_card(meta: dict[str, Any], parameters: int | None = None, name: 
         f"{meta.get('num_processes', 1)} process(es); optimizer {optimizer.get('name')}, peak lr "
         f"{optimizer.get('lr')}",
         f"- Hardware: {facts.get('hardware', 'not recorded')}; precision: {facts.get('precision', 'not recorded')}",
+        *_runs_line(meta.get("runs")),
         "",
         "## Evaluation (held-out split of the corpus)",
         "",
@@ -176,6 +177,15 @@ def pretraining_card(meta: dict[str, Any], parameters: int | None = None, name: 
         "",
     ]
     return "\n".join(lines)
+
+
+def _runs_line(runs: dict[str, Any] | None) -> list[str]:
+    if not runs:
+        return []
+    paths = ", ".join(runs.get("fast_paths") or []) or "none"
+    return [
+        f"- Computed with: attention {runs.get('attention')}; fast paths: {paths}; compile {runs.get('compile')}"
+    ]
 
 
 def _eval_lines(metrics: dict[str, Any]) -> list[str]:

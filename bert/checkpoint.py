@@ -37,6 +37,7 @@ import torch
 
 from bert import fs
 from bert.errors import UserError
+from bert.model.config import SHAPE_FIELDS
 from bert.safe_state import CheckpointError, load_rng, load_state_tree, read_json, save_rng, save_state_tree
 
 __all__ = ["CheckpointError", "Checkpointer", "load_state_tree", "save_state_tree", "save_rng", "load_rng"]
@@ -260,14 +261,26 @@ class Checkpointer:
                 deleted.append(folder)
         return deleted
 
-    def choose(self, warn: Any) -> Path | None:
-        """Main process: the newest checkpoint that verifies; each one that does not is one `warn` line."""
-        for folder in reversed(list_checkpoints(self.run_dir)):
+    def choose(self, warn: Any, before: Path | None = None) -> Path | None:
+        """Main process: the newest checkpoint (older than `before`, when given) that verifies; each one that
+        does not is one `warn` line."""
+        candidates = list_checkpoints(self.run_dir)
+        if before is not None:
+            candidates = [c for c in candidates if c.name < before.name]
+        for folder in reversed(candidates):
             problem = verify(folder)
             if problem is None:
                 return folder
             warn(f"checkpoint {folder.name}: {problem}; trying the previous one")
         return None
+
+    def has(self, step: int) -> bool:
+        """Whether a checkpoint of `step` exists (complete or not: its writer finished or failed loudly)."""
+        return step_folder(self.run_dir, step).exists()
+
+    def latest(self) -> Path | None:
+        """The newest complete checkpoint, or None."""
+        return latest_checkpoint(self.run_dir)
 
     def load(self, folder: Path, model: Any, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         """Restore model, optimizer, grad scaler and this process's RNG from `folder`; returns meta.json.
@@ -310,18 +323,7 @@ class Checkpointer:
 # Keys that must match between a checkpoint's config and the current one for the weights and the data
 # position to mean the same thing. Optimizer hyper-parameters, the schedule and max_steps may change on
 # resume (bert.optim.Schedule: the new settings apply from the resumed step on).
-_MUST_MATCH = (
-    "model.vocab_size",
-    "model.hidden_size",
-    "model.num_hidden_layers",
-    "model.num_attention_heads",
-    "model.intermediate_size",
-    "model.max_position_embeddings",
-    "model.type_vocab_size",
-    "model.pre_layer_norm",
-    "optimizer.name",
-    "tokenizer",
-)
+_MUST_MATCH = (*(f"model.{name}" for name in SHAPE_FIELDS), "optimizer.name", "tokenizer")
 # The batch may be split differently on resume (processes x per-device batch x accumulation): only the global
 # batch, the examples of one optimizer step, must stay (bert.sampler).
 _SPLIT = ("train.batch_size", "train.gradient_accumulation_steps", "num_processes")

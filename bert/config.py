@@ -64,6 +64,16 @@ def _positive(section: str, obj: object, *names: str) -> None:
         _require(value is None or value >= 1, f"{section}.{name}", "at least 1", value)
 
 
+def _compile_without_fast_paths(train: object) -> None:
+    """train.compile traces the reference model; the fast paths are eager CPU code it would not see."""
+    _require(
+        not (train.compile and train.fast_paths == "on"),
+        "train.fast_paths",
+        "auto or off with train.compile=true (compile traces the reference model, not the fast paths)",
+        train.fast_paths,
+    )
+
+
 # --------------------------------------------------------------------------------------------- sections
 
 
@@ -264,7 +274,8 @@ class TrainConfig:
     compile_backend: str = "inductor"
     """torch.compile backend: inductor (generates kernels), or aot_eager / eager to debug tracing."""
     fast_paths: Literal["auto", "on", "off"] = "auto"
-    """The model's speedups (bert/model/fast): auto (on for the CPU, off on CUDA and under compile), on, off."""
+    """The model's speedups (bert/model/fast): auto (on for the CPU, off on CUDA and under compile), on (refused
+    with train.compile), off."""
     release_memory_every: int | None = 200
     """On the CPU, hand the heap memory freed by training steps back to the OS every N optimizer steps
     (glibc keeps it otherwise, and batches of changing shapes fragment it: host memory grows for hours);
@@ -298,6 +309,7 @@ class TrainConfig:
         )
         _positive("train", self, "eval_batches", "keep_last", "max_nonfinite_steps")
         _require(self.eval_every >= 0, "train.eval_every", ">= 0 (0: only at the end)", self.eval_every)
+        _compile_without_fast_paths(self)
         _require(self.save_every >= 0, "train.save_every", ">= 0 (0: only at the end)", self.save_every)
         _require(
             self.num_workers is None or self.num_workers >= 0, "train.num_workers", ">= 0", self.num_workers
@@ -515,7 +527,8 @@ class FinetuneTrainConfig:
     compile_backend: str = "inductor"
     """torch.compile backend: inductor (generates kernels), or aot_eager / eager to debug tracing."""
     fast_paths: Literal["auto", "on", "off"] = "auto"
-    """The model's speedups (bert/model/fast): auto (on for the CPU, off on CUDA and under compile), on, off."""
+    """The model's speedups (bert/model/fast): auto (on for the CPU, off on CUDA and under compile), on (refused
+    with train.compile), off."""
 
     def __post_init__(self) -> None:
         _require(self.epochs > 0, "train.epochs", "> 0", self.epochs)
@@ -530,6 +543,7 @@ class FinetuneTrainConfig:
             f"divisible by train.gradient_accumulation_steps ({self.gradient_accumulation_steps})",
             self.global_batch_size,
         )
+        _compile_without_fast_paths(self)
 
     @property
     def micro_batch_size(self) -> int:

@@ -15,25 +15,38 @@ import torch
 from bert import fs
 from bert.checkpoint import CHECKPOINTS, MARKER, MODEL, latest_checkpoint, read_meta, verify
 from bert.errors import UserError
+from bert.tokenizer import TOKENIZER_FILES
 
 
 def copy_tokenizer(source: str | Path | None, output: str | Path) -> None:
-    """Copy a Hugging Face tokenizer folder's files into `output` (no-op when source is None)."""
+    """Copy a tokenizer's files (TOKENIZER_FILES, those it has) from `source` into `output` (None: none)."""
     if source is None or not Path(source).is_dir():
         return
-    for path in Path(source).iterdir():
-        if path.is_file():
-            shutil.copy2(path, Path(output) / path.name)
+    for name in TOKENIZER_FILES:
+        if (Path(source) / name).is_file():
+            shutil.copy2(Path(source) / name, Path(output) / name)
 
 
 def write_export(
-    model: Any, tokenizer_dir: str | Path | None, output: str | Path, card: str | None = None
+    model: Any,
+    tokenizer_dir: str | Path | None,
+    output: str | Path,
+    card: str | None = None,
+    config_updates: dict[str, Any] | None = None,
 ) -> Path:
-    """Save `model` (on the CPU) with its tokenizer and model card (README.md) as a Hugging Face folder,
-    atomically. The tokenizer's `model_max_length` becomes the model's position count, so that
-    `tokenizer(text, truncation=True)` in transformers never makes a sequence the model cannot embed."""
+    """Save `model` (on the CPU) as a Hugging Face folder, atomically: config.json (with `config_updates`,
+    such as label names), the weights, the tokenizer's files and the model card (README.md). The one way a
+    model folder is written (exports, and fine-tuning's best/). The tokenizer's `model_max_length` becomes
+    the model's position count, so that `tokenizer(text, truncation=True)` in transformers never makes a
+    sequence the model cannot embed."""
+    import json
+
     with fs.atomic_folder(output) as temp:
         model.save_pretrained(temp)
+        if config_updates:
+            config = json.loads((temp / "config.json").read_text())
+            config.update(config_updates)
+            (temp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         copy_tokenizer(tokenizer_dir, temp)
         limit_tokenizer_length(temp, model.config.max_position_embeddings)
         if card is not None:

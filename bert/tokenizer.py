@@ -225,6 +225,10 @@ def is_lowercase(tokenizer: Tokenizer) -> bool:
     return bool(getattr(normalizer, "lowercase", True)) if normalizer is not None else False
 
 
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
+"""A tokenizer's files in the Hugging Face layout (`save_tokenizer` writes them; a model folder carries them)."""
+
+
 def save_tokenizer(tokenizer: Tokenizer, folder: str | Path, model_max_length: int = 512) -> Path:
     """Write the Hugging Face layout into `folder` (created) and return it."""
     folder = Path(folder)

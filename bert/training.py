@@ -82,6 +82,19 @@ def cpu_bf16_units() -> str | None:
     return None
 
 
+def _forget_other_precision(precision: str) -> None:
+    """Accelerate keeps one process-wide state and refuses another precision in the same process. One
+    process may run several jobs whose `auto` precisions differ (`bert glue` on models of different widths,
+    the Python API): outside a launched multi-process job, the earlier job's state is dropped first."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    saved = AcceleratorState._shared_state.get("_mixed_precision")
+    launched = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if saved is not None and saved != precision and not launched:
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+
+
 def precision_line(precision: str, why: str, device: torch.device) -> str:
     """The one line a run prints about its arithmetic."""
     names = {"no": "fp32", "bf16": "bf16 autocast (fp32 weights)", "fp16": "fp16 autocast with loss scaling"}
@@ -106,6 +119,7 @@ def make_accelerator(
     from accelerate.utils import DataLoaderConfiguration, DistributedType
 
     precision, why = resolve_precision(mixed_precision, width=model_width)
+    _forget_other_precision(precision)
     if torch.cuda.is_available():
         # fp32 matmuls (fp32 runs, and the fp32 islands of autocast) on the tensor cores: TF32 keeps fp32's
         # range with a 10-bit mantissa, what NVIDIA's and MosaicBERT's BERT recipes train with.

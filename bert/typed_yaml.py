@@ -316,98 +316,105 @@ def _type_name(tp: Any) -> str:
 
 def _coerce(value: Any, tp: Any, dotted: str, base_dir: Path, section: str) -> Any:
     """Check `value` against the annotation `tp` and convert where it is lossless (int -> float)."""
-
-    def fail() -> ConfigError:
-        shown = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
-        return ConfigError(f"{dotted}: expected {_type_name(tp)}, got {type(value).__name__} {shown}")
-
     origin = get_origin(tp)
     if dataclasses.is_dataclass(tp):
-        if isinstance(value, str):
-            value = {"_preset": value}
-        if isinstance(value, dict) and "_preset" in value:
-            preset = value["_preset"]
-            rest = {k: v for k, v in value.items() if k != "_preset"}
-            value = _load_preset(section, preset, base_dir, dotted) if preset else {}
-            _deep_update(value, rest)
-        if not isinstance(value, dict):
-            raise fail()
-        return build(tp, value, base_dir=base_dir, prefix=f"{dotted}.")
+        return _coerce_section(value, tp, dotted, base_dir, section)
     if origin in (Union, types.UnionType):
-        args = get_args(tp)
-        if value is None and type(None) in args:
+        if value is None and type(None) in get_args(tp):
             return None
-        for arg in args:
+        for arg in get_args(tp):
             if arg is type(None):
                 continue
             try:
                 return _coerce(value, arg, dotted, base_dir, section)
             except ConfigError:
                 continue
-        raise fail()
+        raise _mismatch(value, tp, dotted)
     if origin is Literal:
-        if isinstance(value, bool):  # YAML 1.1 reads no/off/yes/on as booleans; take the word back
-            words = [
-                w
-                for w in (("no", "off", "false") if not value else ("yes", "on", "true"))
-                if w in get_args(tp)
-            ]
-            if words:
-                return words[0]
-        if value in get_args(tp):
-            return value
-        raise ConfigError(f"{dotted}: expected one of {_type_name(tp)}, got {value!r}")
+        return _coerce_literal(value, tp, dotted)
     if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            if origin is list and isinstance(value, (str, int, float)) and not isinstance(value, bool):
-                value = [value]  # a single item where a list is expected
-            else:
-                raise fail()
-        args = get_args(tp)
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(value) != len(args):
-                raise fail()
-            return tuple(
-                _coerce(v, a, f"{dotted}[{i}]", base_dir, section)
-                for i, (v, a) in enumerate(zip(value, args))
-            )
-        item = args[0] if args else Any
-        items = [_coerce(v, item, f"{dotted}[{i}]", base_dir, section) for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
+        return _coerce_sequence(value, tp, dotted, base_dir, section)
+    return _coerce_scalar(value, tp, dotted)
+
+
+def _mismatch(value: Any, tp: Any, dotted: str) -> ConfigError:
+    shown = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
+    return ConfigError(f"{dotted}: expected {_type_name(tp)}, got {type(value).__name__} {shown}")
+
+
+def _coerce_section(value: Any, tp: Any, dotted: str, base_dir: Path, section: str) -> Any:
+    """A section: a mapping, a preset name, or a preset with fields beside it (`_preset`)."""
+    if isinstance(value, str):
+        value = {"_preset": value}
+    if isinstance(value, dict) and "_preset" in value:
+        preset = value["_preset"]
+        rest = {k: v for k, v in value.items() if k != "_preset"}
+        value = _load_preset(section, preset, base_dir, dotted) if preset else {}
+        _deep_update(value, rest)
+    if not isinstance(value, dict):
+        raise _mismatch(value, tp, dotted)
+    return build(tp, value, base_dir=base_dir, prefix=f"{dotted}.")
+
+
+def _coerce_literal(value: Any, tp: Any, dotted: str) -> Any:
+    if isinstance(value, bool):  # YAML 1.1 reads no/off/yes/on as booleans; take the word back
+        words = [
+            w for w in (("no", "off", "false") if not value else ("yes", "on", "true")) if w in get_args(tp)
+        ]
+        if words:
+            return words[0]
+    if value in get_args(tp):
+        return value
+    raise ConfigError(f"{dotted}: expected one of {_type_name(tp)}, got {value!r}")
+
+
+def _coerce_sequence(value: Any, tp: Any, dotted: str, base_dir: Path, section: str) -> Any:
+    origin, args = get_origin(tp), get_args(tp)
+    if not isinstance(value, (list, tuple)):
+        if origin is list and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = [value]  # a single item where a list is expected
+        else:
+            raise _mismatch(value, tp, dotted)
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        if len(value) != len(args):
+            raise _mismatch(value, tp, dotted)
+        return tuple(
+            _coerce(v, a, f"{dotted}[{i}]", base_dir, section) for i, (v, a) in enumerate(zip(value, args))
+        )
+    item = args[0] if args else Any
+    items = [_coerce(v, item, f"{dotted}[{i}]", base_dir, section) for i, v in enumerate(value)]
+    return tuple(items) if origin is tuple else items
+
+
+def _coerce_scalar(value: Any, tp: Any, dotted: str) -> Any:
+    """bool, int, float (finite; YAML's '1e-4' string read as a number), str, dict, or any other type."""
+    number = not isinstance(value, bool) and isinstance(value, (int, float))
     if tp is Any:
         return value
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise fail()
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise fail()
-    if tp is float:
-        number = None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            number = float(value)
-        elif isinstance(value, str):  # YAML reads 1e-4 (no dot) as a string
-            try:
-                number = float(value)
-            except ValueError:
-                pass
-        if number is None:
-            raise fail()
-        if not math.isfinite(number):  # .inf, .nan: no setting of this project means either
-            raise ConfigError(f"{dotted}: expected a finite number, got {value!r}")
-        return number
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise fail()
-    if origin is dict or tp is dict:
-        if isinstance(value, dict):
-            return value
-        raise fail()
-    if isinstance(tp, type) and isinstance(value, tp):
+    if tp is bool and isinstance(value, bool):
         return value
-    raise fail()
+    if tp is int and number and isinstance(value, int):
+        return value
+    if tp is float:
+        parsed = float(value) if number else _float_or_none(value)
+        if parsed is None:
+            raise _mismatch(value, tp, dotted)
+        if not math.isfinite(parsed):  # .inf, .nan: no setting of this project means either
+            raise ConfigError(f"{dotted}: expected a finite number, got {value!r}")
+        return parsed
+    if tp is str and (isinstance(value, str) or number):
+        return value if isinstance(value, str) else str(value)
+    if (get_origin(tp) is dict or tp is dict) and isinstance(value, dict):
+        return value
+    if tp not in (bool, int, float, str, dict) and isinstance(tp, type) and isinstance(value, tp):
+        return value
+    raise _mismatch(value, tp, dotted)
+
+
+def _float_or_none(value: Any) -> float | None:
+    if not isinstance(value, str):  # YAML reads 1e-4 (no dot) as a string
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None

@@ -34,11 +34,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
-
 
 def with_tokenizer(folder: Path, prepared: Path) -> Path:
     """Copy the prepared data's tokenizer into a model folder (the three models share it)."""
+    from bert.tokenizer import TOKENIZER_FILES
+
     for name in TOKENIZER_FILES:
         if (prepared / "tokenizer" / name).is_file():
             shutil.copy2(prepared / "tokenizer" / name, folder / name)

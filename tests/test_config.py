@@ -299,3 +299,13 @@ def test_a_preset_on_the_command_line_replaces_the_files_section():
         PretrainConfig, "configs/pretrain/demo.yaml", ["model=mini", "model.num_hidden_layers=2"]
     )
     assert (tuned.model.hidden_size, tuned.model.num_hidden_layers) == (256, 2)
+
+
+def test_fast_paths_on_with_compile_is_refused_in_both_commands():
+    """compile traces the reference model, so 'on' could not mean what it says: one line at load."""
+    from bert.config import FinetuneConfig
+
+    for cls in (PretrainConfig, FinetuneConfig):
+        with pytest.raises(ConfigError, match="train.fast_paths must be auto or off with train.compile=true"):
+            load_config(cls, None, ["train.compile=true", "train.fast_paths=on"])
+        assert load_config(cls, None, ["train.compile=true", "train.fast_paths=off"]).train.compile

@@ -23,7 +23,6 @@ Speed: one Python step per row (copying its ids into the padded array); masking 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ import numpy as np
 import torch
 
 from bert.batch import IGNORE_INDEX, PretrainingBatch
+from bert.config import DataConfig
 from bert.data.masking import MaskingSpec, example_seeds, mask_batch
 
 
@@ -162,14 +162,15 @@ class PretrainingCollator:
 
 
 def build_collator(
-    prepared_folder: str | Path, data_cfg: Any, seed: int, static_shapes: bool = False
+    prepared_folder: str | Path, data_cfg: DataConfig, seed: int, static_shapes: bool = False
 ) -> PretrainingCollator:
     """A collator for a prepared folder: vocabulary from its tokenizer, masking settings from `data_cfg`;
     `static_shapes`: every batch (B, max_seq_length) with max_predictions_per_seq slots."""
+    from bert.data.prepared import read_meta
     from bert.tokenizer import load_tokenizer, special_ids
 
     folder = Path(prepared_folder)
-    meta = json.loads((folder / "meta.json").read_text())
+    meta = read_meta(folder)
     tokenizer = load_tokenizer(folder / "tokenizer")
     ids = special_ids(tokenizer)
     spec = MaskingSpec.from_vocab(tokenizer.get_vocab(), ids.all, ids.mask, data_cfg.whole_word_mask)

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from bert import fs
+from bert.config import DataConfig, PretrainConfig
 from bert.data.corpus import iter_documents, resolve_inputs
 from bert.data.documents import CorpusStats, Document
 from bert.data.instance_rows import final_features, finish_instances, instance_features, make_instances
@@ -59,11 +60,11 @@ DOCS_PER_BATCH = 256
 # ---------------------------------------------------------------------------------------------- reading
 
 
-def _is_synthetic(data_cfg: Any) -> bool:
+def _is_synthetic(data_cfg: DataConfig) -> bool:
     return list(data_cfg.corpus) == ["synthetic"]
 
 
-def _documents(data_cfg: Any, inputs: list[Any], stats: CorpusStats) -> Iterator[Document]:
+def _documents(data_cfg: DataConfig, inputs: list[Any], stats: CorpusStats) -> Iterator[Document]:
     if _is_synthetic(data_cfg):
         from bert.data.synthetic import iter_synthetic_documents
 
@@ -148,7 +149,7 @@ def _write_groups(docs: Any, indices: np.ndarray, path: Path) -> int:
 # ------------------------------------------------------------------------------------------------- main
 
 
-def _resolve_tokenizer(data_cfg: Any, docs: Any, alphabet: set[str], progress: bool) -> Any:
+def _resolve_tokenizer(data_cfg: DataConfig, docs: Any, alphabet: set[str], progress: bool) -> Any:
     from bert.tokenizer import load_tokenizer, train_tokenizer
 
     if data_cfg.tokenizer:
@@ -163,7 +164,7 @@ def _resolve_tokenizer(data_cfg: Any, docs: Any, alphabet: set[str], progress: b
     )
 
 
-def _num_proc(data_cfg: Any, num_groups: int) -> int | None:
+def _num_proc(data_cfg: DataConfig, num_groups: int) -> int | None:
     wanted = data_cfg.num_proc if data_cfg.num_proc is not None else (os.cpu_count() or 1)
     # Worker start-up costs about a second; small inputs are faster in this process.
     return min(wanted, num_groups) if num_groups >= 4 and wanted > 1 else None
@@ -174,7 +175,7 @@ def _build_split(
     indices: np.ndarray,
     split: str,
     tokenizer: Any,
-    data_cfg: Any,
+    data_cfg: DataConfig,
     work: Path,
     out: Path,
     progress: bool,
@@ -242,7 +243,7 @@ def _build_split(
     return _split_counts(final, data_cfg)
 
 
-def _split_counts(final: Any, data_cfg: Any) -> dict[str, Any]:
+def _split_counts(final: Any, data_cfg: DataConfig) -> dict[str, Any]:
     import pyarrow.compute as pc
 
     table = final.data.table
@@ -265,7 +266,7 @@ def _split_counts(final: Any, data_cfg: Any) -> dict[str, Any]:
 
 def _prepare_into(
     work: Path,
-    data_cfg: Any,
+    data_cfg: DataConfig,
     inputs: list[Any],
     stats: CorpusStats,
     fingerprints: list[dict[str, Any]],
@@ -338,12 +339,16 @@ def _prepare_into(
 
 
 def run_prepare(
-    cfg: Any, output_dir: str | Path | None = None, force: bool = False, progress: bool = True
+    cfg: PretrainConfig | DataConfig,
+    output_dir: str | Path | None = None,
+    force: bool = False,
+    progress: bool = True,
 ) -> Path:
-    """Prepare `cfg.data` (cfg: a PretrainConfig or a DataConfig); return the complete folder (reused if any)."""
+    """Prepare the data section (of a pretraining config, or given alone); return the complete folder (reused
+    if one with the same inputs and settings exists)."""
     import datasets
 
-    data_cfg = getattr(cfg, "data", cfg)
+    data_cfg = cfg.data if isinstance(cfg, PretrainConfig) else cfg
     if data_cfg.prepared_dir and output_dir is None and not force:
         if not is_complete(data_cfg.prepared_dir):
             raise UserError(

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bert import fs
+from bert.config import DataConfig
 from bert.errors import UserError
 
 FORMAT_VERSION = 1
@@ -38,7 +39,7 @@ _IGNORED_SETTINGS = {"num_proc", "cache_dir", "prepared_dir"}
 # --------------------------------------------------------------------------------------------- cache key
 
 
-def _settings(data_cfg: Any) -> dict[str, Any]:
+def _settings(data_cfg: DataConfig) -> dict[str, Any]:
     from bert.config import to_dict
 
     settings = {k: v for k, v in to_dict(data_cfg).items() if k not in _IGNORED_SETTINGS}
@@ -59,7 +60,7 @@ def _tokenizer_fingerprint(path: str | None) -> list[dict[str, Any]]:
     ]
 
 
-def cache_key(data_cfg: Any, input_fingerprints: list[dict[str, Any]]) -> str:
+def cache_key(data_cfg: DataConfig, input_fingerprints: list[dict[str, Any]]) -> str:
     """Hash of the settings and the inputs' paths, sizes and mtimes (content is not read, to stay instant)."""
     payload = {
         "version": FORMAT_VERSION,
@@ -175,21 +176,7 @@ def load_prepared(folder: str | Path) -> tuple[Any, dict[str, Any]]:
         raise UserError(
             f"{folder}: damaged prepared data: {problem}; run bert prepare with --force to rebuild it"
         )
-    try:
-        meta = json.loads((folder / "meta.json").read_text())
-    except ValueError as err:
-        raise UserError(f"{folder / 'meta.json'}: not valid JSON ({err}); run bert prepare --force") from None
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise UserError(
-            f"{folder}: prepared by another version of bert (format {meta.get('format_version')}, "
-            f"this one reads {FORMAT_VERSION}); run bert prepare --force"
-        )
-    for key, kind in META_TYPES.items():
-        if key in meta and not isinstance(meta[key], kind):
-            raise UserError(
-                f"{folder / 'meta.json'}: {key} is {type(meta[key]).__name__} {meta[key]!r}, expected "
-                f"{kind.__name__}; run bert prepare --force to rebuild the folder"
-            )
+    meta = read_meta(folder)
     try:
         splits = datasets.DatasetDict(
             {split: datasets.load_from_disk(str(folder / split)) for split in ("train", "validation")}
@@ -204,3 +191,27 @@ def load_prepared(folder: str | Path) -> tuple[Any, dict[str, Any]]:
 
 META_TYPES = {"vocab_size": int, "max_seq_length": int, "static_masking": bool, "format_version": int}
 """The meta.json values training reads, with their types."""
+
+
+def read_meta(folder: str | Path) -> dict[str, Any]:
+    """A prepared folder's meta.json, checked: valid JSON, this format version, the types training reads.
+    The one reader of the file; every problem is one line naming it."""
+    folder = Path(folder)
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+    except OSError:
+        raise UserError(f"{folder}: no meta.json (not a prepared folder); run bert prepare") from None
+    except ValueError as err:
+        raise UserError(f"{folder / 'meta.json'}: not valid JSON ({err}); run bert prepare --force") from None
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise UserError(
+            f"{folder}: prepared by another version of bert (format {meta.get('format_version')}, "
+            f"this one reads {FORMAT_VERSION}); run bert prepare --force"
+        )
+    for key, kind in META_TYPES.items():
+        if key in meta and not isinstance(meta[key], kind):
+            raise UserError(
+                f"{folder / 'meta.json'}: {key} is {type(meta[key]).__name__} {meta[key]!r}, expected "
+                f"{kind.__name__}; run bert prepare --force to rebuild the folder"
+            )
+    return meta

@@ -11,6 +11,7 @@ from bert.errors import UserError
 from bert.finetune.data import PairCollator, encode_split, eval_loader
 from bert.finetune.loop import finetune_accelerator, load_model
 from bert.finetune.report import predict, score, write_predictions
+from bert.model.config import read_config_json
 from bert.tasks import load_task
 from bert.tokenizer import load_tokenizer, pair_tokenizer, tokenizer_folder
 
@@ -20,9 +21,7 @@ def evaluate_saved(
 ) -> dict[str, Any]:
     """Score a fine-tuned model folder on a split of `cfg.task` (test: write predictions instead)."""
     model_path = Path(model_path)
-    if not (model_path / "config.json").is_file():
-        raise UserError(f"{model_path}: not a model folder (no config.json)")
-    saved = json.loads((model_path / "config.json").read_text())
+    saved = read_config_json(model_path)
     names = [saved["id2label"][str(i)] for i in range(len(saved.get("id2label", {})))]
     task = load_task(cfg.task, labels=names if names and not names[0].startswith("LABEL_") else None)
     if saved.get("num_labels", len(names)) != task.num_labels:

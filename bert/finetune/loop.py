@@ -42,9 +42,6 @@ from bert.tasks import Task, load_task
 from bert.tokenizer import load_tokenizer, pair_tokenizer, tokenizer_folder
 from bert.training import main_process_first, make_accelerator, prepare_model, release_freed_memory
 
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
-"""Files copied beside a saved model so that the folder loads on its own (here and in `transformers`)."""
-
 
 def finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     """Fine-tune `cfg.model_path` on `cfg.task` once per seed; returns (and writes) every result."""
@@ -254,6 +251,26 @@ def evaluate_dev(
     return metrics
 
 
+@dataclass
+class EpochScore:
+    """An epoch's dev metrics {split: {metric: value}}, and its record for the history and the trackers."""
+
+    dev: dict[str, dict[str, float]]
+    record: dict[str, Any]
+
+
+def score_epoch(
+    cfg: FinetuneConfig, task: Task, parts: SeedParts, data: FinetuneData, accelerator: Any, epoch: int,
+    step: int, loss: float,
+) -> EpochScore:  # fmt: skip
+    """Evaluate on every dev split after `epoch` (0-based) and log the record."""
+    dev = evaluate_dev(cfg, task, parts, data, accelerator)
+    record = {"epoch": epoch + 1, "step": step, "train/epoch_loss": loss}
+    record.update({f"{name}/{k}": v for name, m in dev.items() for k, v in m.items()})
+    accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
+    return EpochScore(dev, record)
+
+
 def train_one_seed(
     cfg: FinetuneConfig,
     task: Task,
@@ -268,42 +285,30 @@ def train_one_seed(
     started = time.perf_counter()
     set_seed(seed)
     parts = seed_parts(cfg, task, data, accelerator, seed)
-    main_split = next(iter(parts.dev_loaders))
+    main_split, main = next(iter(parts.dev_loaders)), accelerator.is_main_process
     best, counters, history = Best(), Counters(), []
-    progress = Progress(
-        parts.total_steps,
-        desc=f"seed {seed}",
-        enabled=accelerator.is_main_process and cfg.logging.progress_bar,
-        interval=cfg.logging.progress_interval,
-    )
+    progress = Progress(parts.total_steps, desc=f"seed {seed}", enabled=main and cfg.logging.progress_bar,
+                        interval=cfg.logging.progress_interval)  # fmt: skip
     epochs = math.ceil(
         parts.total_steps / steps_per_epoch(len(parts.sampler), cfg.train.gradient_accumulation_steps)
     )
     for epoch in range(epochs):
         parts.sampler.set_epoch(epoch)
-        epoch_loss = train_epoch(cfg, task, parts, accelerator, counters, progress)
+        loss = train_epoch(cfg, task, parts, accelerator, counters, progress)
         last = epoch == epochs - 1 or counters.step >= parts.total_steps
         if not (cfg.train.eval_every_epoch or last):
             continue
-        dev_metrics = evaluate_dev(cfg, task, parts, data, accelerator)
-        record = {"epoch": epoch + 1, "step": counters.step, "train/epoch_loss": epoch_loss}
-        record.update({f"{name}/{k}": v for name, m in dev_metrics.items() for k, v in m.items()})
-        history.append(record)
-        accelerator.log({k: v for k, v in record.items() if k != "step"}, step=counters.step)
+        scored = score_epoch(cfg, task, parts, data, accelerator, epoch, counters.step, loss)
+        history.append(scored.record)
         unwrapped = accelerator.unwrap_model(parts.model)
-        improved = best.offer(dev_metrics[main_split][task.main_metric], epoch + 1, record, unwrapped)
-        if improved and cfg.train.save_model and accelerator.is_main_process:
-            card_facts = {
-                "seed": seed,
-                "epoch": epoch + 1,
-                "dev": dev_metrics,
-                "train_examples": len(data.train),
-            }
-            save_model(unwrapped, task, cfg, run_dir / "best", card_facts)
-        if accelerator.is_main_process:
-            shown = "  ".join(f"{name} {k} {v:.4f}" for name, m in dev_metrics.items() for k, v in m.items())
+        improved = best.offer(scored.dev[main_split][task.main_metric], epoch + 1, scored.record, unwrapped)
+        if improved and cfg.train.save_model and main:
+            facts = {"seed": seed, "epoch": epoch + 1, "dev": scored.dev, "train_examples": len(data.train)}
+            save_model(unwrapped, task, cfg, run_dir / "best", facts)
+        if main:
+            shown = "  ".join(f"{name} {k} {v:.4f}" for name, m in scored.dev.items() for k, v in m.items())
             progress.write(
-                f"seed {seed} epoch {epoch + 1}: train loss {epoch_loss:.4f}  {shown}"
+                f"seed {seed} epoch {epoch + 1}: train loss {loss:.4f}  {shown}"
                 + ("  (best)" if improved else "")
             )
         if last:
@@ -313,7 +318,21 @@ def train_one_seed(
     accelerator.unwrap_model(parts.model).load_state_dict(best.state)
     best.state = None
     write_test_predictions(task, data, parts, accelerator, run_dir, cfg.train.eval_batch_size)
-    result = {
+    timing = {"seconds": round(time.perf_counter() - started, 2), "train_seconds": round(train_seconds, 2)}
+    result = seed_result(cfg, task, parts, data, seed, run_dir, best, counters, history, timing)
+    if main:
+        fs.atomic_write_text(run_dir / "metrics.json", json.dumps(result, indent=2) + "\n")
+    accelerator.free_memory(parts.model, parts.optimizer)
+    return result
+
+
+def seed_result(
+    cfg: FinetuneConfig, task: Task, parts: SeedParts, data: FinetuneData, seed: int, run_dir: Path, best: Best,
+    counters: Counters, history: list[dict[str, Any]], timing: dict[str, float],
+) -> dict[str, Any]:  # fmt: skip
+    """What metrics.json records of a seed: the best epoch's dev metrics, the history, the budget, the
+    settings' fingerprint (a re-run with the same settings and weights reads it back)."""
+    return {
         "seed": seed,
         "best_epoch": best.epoch,
         "main_metric": task.main_metric,
@@ -321,16 +340,11 @@ def train_one_seed(
         "history": history,
         "steps": counters.step,
         "train_examples": len(data.train),
-        "seconds": round(time.perf_counter() - started, 2),
-        "train_seconds": round(train_seconds, 2),
+        **timing,
         "model": str(run_dir / "best") if cfg.train.save_model else None,
         "fast_paths": parts.fast_paths,
         "settings": settings_fingerprint(cfg, seed),
     }
-    if accelerator.is_main_process:
-        fs.atomic_write_text(run_dir / "metrics.json", json.dumps(result, indent=2) + "\n")
-    accelerator.free_memory(parts.model, parts.optimizer)
-    return result
 
 
 def write_test_predictions(
@@ -433,26 +447,20 @@ def task_loss(logits: torch.Tensor, labels: torch.Tensor, regression: bool) -> t
 def save_model(
     model: torch.nn.Module, task: Task, cfg: FinetuneConfig, folder: Path, facts: dict[str, Any]
 ) -> None:
-    """The model in Hugging Face layout with the tokenizer files, the label names in config.json and a
-    model card (README.md) with the dev metrics of `facts` and the recipe."""
-    import shutil
-
+    """The model as a Hugging Face folder (bert.export.write_export) with the base model's tokenizer, the
+    label names in config.json and a model card with the dev metrics of `facts` and the recipe."""
     from bert.card import finetuned_card
+    from bert.export import write_export
 
-    with fs.atomic_folder(folder) as temp:
-        model.save_pretrained(temp)
-        (temp / "README.md").write_text(finetuned_card(task.name, task.labels, facts, to_dict(cfg)))
-        source = tokenizer_folder(cfg.model_path)
-        for name in TOKENIZER_FILES:
-            if (source / name).is_file():
-                shutil.copy2(source / name, temp / name)
-        config = json.loads((temp / "config.json").read_text())
-        names = task.labels or ["score"]
-        config["id2label"] = {str(i): n for i, n in enumerate(names)}
-        config["label2id"] = {n: i for i, n in enumerate(names)}
-        config["finetuning_task"] = task.name
-        config["architectures"] = ["BertForSequenceClassification"]
-        (temp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    names = task.labels or ["score"]
+    labels = {
+        "id2label": {str(i): n for i, n in enumerate(names)},
+        "label2id": {n: i for i, n in enumerate(names)},
+        "finetuning_task": task.name,
+        "architectures": ["BertForSequenceClassification"],
+    }
+    card = finetuned_card(task.name, task.labels, facts, to_dict(cfg))
+    write_export(model, tokenizer_folder(cfg.model_path), folder, card, labels)
 
 
 # ------------------------------------------------------------------------------------------- helpers

@@ -24,6 +24,18 @@ _HF_EXTRA = {
     "eos_token_id": None,
     "dtype": "float32",
 }
+SHAPE_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "max_position_embeddings",
+    "type_vocab_size",
+    "pre_layer_norm",
+)
+"""The fields that decide what a model's weights are (their shapes, and for pre_layer_norm how they are
+used): a resumed checkpoint and `train.init_from` weights must agree on them (positions may grow)."""
 PRE_LN_MODEL_TYPE = "bertsmith-preln"
 """The `model_type` of a pre-LayerNorm model's config.json. transformers' BERT is post-LN and would load a
 pre-LN checkpoint silently as post-LN (every weight fits); under this name AutoConfig and AutoModel refuse it
@@ -134,6 +146,16 @@ class BertConfig:
         data["id2label"] = {str(i): f"LABEL_{i}" for i in range(self.num_labels)}
         data["label2id"] = {f"LABEL_{i}": i for i in range(self.num_labels)}
         (path / "config.json").write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+    def to_transformers(self) -> Any:
+        """The same shape as a `transformers.BertConfig` (needs transformers); refused for a pre-LN model,
+        which transformers' BERT cannot express."""
+        import transformers
+
+        if self.pre_layer_norm:
+            raise ValueError("transformers' BERT is post-LayerNorm: a pre-LN config has no equivalent")
+        ours = {"attn_implementation", "pre_layer_norm", "architectures"}
+        return transformers.BertConfig(**{k: v for k, v in self.to_dict().items() if k not in ours})
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> BertConfig:

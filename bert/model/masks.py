@@ -196,25 +196,15 @@ class AttentionMasks(nn.Module):
         batch_size: int,
         seq_len: int,
         device: torch.device,
-        eager: bool = False,
+        probabilities: bool = False,
         lengths: Sequence[int] | None = None,
     ) -> Layout:
-        """`eager`: a padded layout whatever the path (attention probabilities are asked for); `lengths`:
-        the rows' real tokens, known on the host (the unpadded path then reads nothing back)."""
-        if self.implementation == "unpadded" and not eager:
-            return self.unpadded(attention_mask, batch_size, seq_len, device, lengths)
+        """`probabilities`: attention probabilities are asked for, so a padded layout (the eager kernel's)
+        whatever the path; `lengths`: the rows' real tokens, known on the host (the unpadded path then reads
+        nothing back)."""
+        if self.implementation == "unpadded" and not probabilities:
+            return unpadded_layout(attention_mask, batch_size, seq_len, device, lengths)
         return padded_layout(attention_mask, batch_size, seq_len)
-
-    def unpadded(
-        self,
-        attention_mask: torch.Tensor | None,
-        batch_size: int,
-        seq_len: int,
-        device: torch.device,
-        lengths: Sequence[int] | None = None,
-    ) -> UnpaddedLayout:
-        """The layout of the unpadded path (the fast path stores its sequences in length buckets)."""
-        return unpadded_layout(attention_mask, batch_size, seq_len, device, lengths)
 
     def extra_repr(self) -> str:
         return self.implementation

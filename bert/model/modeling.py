@@ -137,7 +137,7 @@ class BertModel(BertPreTrainedModel):
         """
         b, t = input_ids.shape
         layout = self.masks(
-            attention_mask, b, t, input_ids.device, eager=output_attentions, lengths=seq_lengths
+            attention_mask, b, t, input_ids.device, probabilities=output_attentions, lengths=seq_lengths
         )
         if output_attentions:
             layout.attentions = []

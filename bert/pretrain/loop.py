@@ -29,7 +29,6 @@ from typing import Any
 
 import torch
 
-from bert import checkpoint as ckpt
 from bert.config import PretrainConfig
 from bert.errors import UserError
 from bert.hooks import TrainHooks
@@ -83,7 +82,7 @@ def train(run: Run, hooks: TrainHooks) -> dict[str, Any]:
                 run.print(f"step {skipped}: non-finite loss or gradient norm on some process, step skipped")
             pace.agree(state.step, agreed.seconds, state.counters["tokens"])
             if state.nonfinite_streak >= cfg.train.max_nonfinite_steps:
-                latest = ckpt.latest_checkpoint(run.run_dir)
+                latest = run.checkpointer.latest()
                 raise UserError(
                     f"stopping at step {state.step}: {state.nonfinite_streak} consecutive steps had a "
                     f"non-finite loss or gradient norm (train.max_nonfinite_steps="
@@ -111,7 +110,7 @@ def train(run: Run, hooks: TrainHooks) -> dict[str, Any]:
     run.progress.close()
     if not run.evaluated_at(state.step):
         run.log("eval", evaluate(run.parts, run.eval_loader, state.step, hooks).metrics)
-    if not ckpt.step_folder(run.run_dir, state.step).exists():
+    if not run.checkpointer.has(state.step):
         run.save()
     run.export()
     return run.result(stopped=False)

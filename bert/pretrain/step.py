@@ -80,7 +80,7 @@ class TrainingParts:
     model: Any  # prepared by Accelerate (DDP-wrapped with several processes)
     optimizer: Any
     schedule: Schedule
-    cross_entropy: Any  # the MLM loss's summed cross-entropy (None: the reference, F.cross_entropy)
+    loss: Any  # the pretraining loss, bound at the fast-path seam (FastPaths.pretraining_loss); None: the reference
     stop: StopSignal
     budget: Budget
     forward_loss: Callable[..., Any] | None = None
@@ -93,11 +93,12 @@ class TrainingParts:
 
     def __post_init__(self) -> None:
         if self.forward_loss is None or self.forward_stats is None:
-            self.forward_loss, self.forward_stats = forward_functions(self.model, self.cross_entropy, None)
+            self.forward_loss, self.forward_stats = forward_functions(self.model, self.loss, None)
 
 
-def forward_functions(model: Any, cross_entropy: Any, train_cfg: Any) -> tuple[Callable, Callable]:
-    """(forward_loss, forward_stats): the model with the loss, and the model with the evaluation's sums.
+def forward_functions(model: Any, loss: Any, train_cfg: Any) -> tuple[Callable, Callable]:
+    """(forward_loss, forward_stats): the model with the loss (`loss`: FastPaths.pretraining_loss()'s, None:
+    the reference), and the model with the evaluation's sums.
 
     With `train.compile` each is ONE torch.compile region, model and loss together (the loss's fp32
     log-softmax fuses with the head); with static shapes (bert.training.use_static_shapes) each compiles once.
@@ -107,9 +108,11 @@ def forward_functions(model: Any, cross_entropy: Any, train_cfg: Any) -> tuple[C
     lengths), the embeddings and the heads run eagerly around them.
     """
 
+    loss = loss or pretraining_loss
+
     def forward_loss(batch: PretrainingBatch, mlm_normalizer: Any, nsp_normalizer: Any) -> Any:
         outputs = model(**batch.model_inputs())
-        return pretraining_loss(outputs, batch, mlm_normalizer, nsp_normalizer, cross_entropy)
+        return loss(outputs, batch, mlm_normalizer, nsp_normalizer)
 
     def forward_stats(batch: PretrainingBatch) -> dict[str, torch.Tensor]:
         outputs = model(**batch.model_inputs())

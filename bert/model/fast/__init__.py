@@ -26,9 +26,10 @@ torch.compile, which they would break into pieces (several read lengths back to 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -61,6 +62,23 @@ class FastPaths:
         """The flags that are on."""
         return [f.name for f in dataclasses.fields(self) if getattr(self, f.name)]
 
+    def attention(self, configured: str) -> str:
+        """The attention that runs for `model.attn_implementation=configured`: the bucketed fast path
+        replaces the padded kernels on the CPU (the same outputs at real tokens, padding never computed)."""
+        if self.bucketed_attention and configured != "eager":
+            return "unpadded, bucketed by length (CPU fast path)"
+        return configured
+
+    def pretraining_loss(self) -> Callable[..., Any]:
+        """`bert.losses.pretraining_loss` with the MLM cross-entropy these paths choose, bound once here: the
+        loop and the bench call the result and never pick a kernel themselves."""
+        from bert.losses import pretraining_loss
+
+        cross_entropy = self.cross_entropy()
+        if cross_entropy is None:
+            return pretraining_loss
+        return functools.partial(pretraining_loss, cross_entropy=cross_entropy)
+
     def cross_entropy(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
         """The summed cross-entropy for the MLM loss (None: the reference, F.cross_entropy)."""
         if not self.fused_cross_entropy:
@@ -72,10 +90,10 @@ class FastPaths:
 
 def select(device: torch.device | str, mode: FastPathsMode = "auto", compile: bool = False) -> FastPaths:
     """The one place that decides which speedups run: 'on' all, 'off' none, 'auto' as the module says."""
+    if mode == "off" or compile:  # the config refuses 'on' with compile: compile traces the reference model
+        return FastPaths.none()
     if mode == "on":
         return FastPaths.all()
-    if mode == "off" or compile:
-        return FastPaths.none()
     return FastPaths.all() if torch.device(device).type == "cpu" else FastPaths.none()
 
 

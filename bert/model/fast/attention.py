@@ -134,21 +134,11 @@ class BucketedMasks(AttentionMasks):
         batch_size: int,
         seq_len: int,
         device: torch.device,
-        eager: bool = False,
+        probabilities: bool = False,
         lengths=None,  # noqa: ANN001 - the host lengths the reference layout may use; read here anyway
     ) -> Layout:
-        if eager:
-            return super().forward(attention_mask, batch_size, seq_len, device, eager)
-        return bucketed_layout(attention_mask, batch_size, seq_len, device)
-
-    def unpadded(
-        self,
-        attention_mask: torch.Tensor | None,
-        batch_size: int,
-        seq_len: int,
-        device: torch.device,
-        lengths=None,  # noqa: ANN001
-    ) -> BucketedLayout:
+        if probabilities:
+            return super().forward(attention_mask, batch_size, seq_len, device, probabilities)
         return bucketed_layout(attention_mask, batch_size, seq_len, device)
 
 
