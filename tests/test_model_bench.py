@@ -26,22 +26,13 @@ def test_realistic_batch_has_pretraining_shape_and_statistics():
     assert (mask[rows[used], positions[used]] == 1).all()
 
 
+TINY_BENCH = ["bench", "--model", "tiny", "--batch-size", "2", "--seq-len", "16", "--warmup", "0"]
+
+
 @pytest.mark.e2e
 def test_bench_command_runs_both_models(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    args = [
-        "bench",
-        "--model",
-        "tiny",
-        "--batch-size",
-        "2",
-        "--seq-len",
-        "16",
-        "--steps",
-        "1",
-        "--warmup",
-        "0",
-    ]
+    args = [*TINY_BENCH, "--steps", "1"]
     assert main([*args, "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["ours"]["tokens_per_s"] > 0 and result["reference"]["tokens_per_s"] > 0
@@ -58,19 +49,7 @@ def test_bench_compares_dtypes_interleaved_in_one_run(tmp_path, capsys):
     """`--dtype fp32,bf16`: every side at each dtype, each against transformers at the same dtype and
     against its own fp32."""
     out = tmp_path / "bench.json"
-    args = [
-        "bench",
-        "--model",
-        "tiny",
-        "--batch-size",
-        "2",
-        "--seq-len",
-        "16",
-        "--steps",
-        "2",
-        "--warmup",
-        "0",
-    ]
+    args = [*TINY_BENCH, "--steps", "2"]
     assert main([*args, "--dtype", "fp32,bf16", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["sides"] == ["ours@fp32", "reference@fp32", "ours@bf16", "reference@bf16"]
