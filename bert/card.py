@@ -108,6 +108,14 @@ def _data_lines(config: dict[str, Any], facts: dict[str, Any]) -> list[str]:
     return lines
 
 
+def export_card(meta: dict[str, Any], model: Any, name: str | None = None) -> str:
+    """The card of an exported model: `meta` (a checkpoint's, or the same facts at a run's end) with the
+    exported model's own config (its vocabulary without the padding rows) and parameter count."""
+    config = {**meta.get("config", {}), "model": model.config.to_dict()}
+    parameters = sum(p.numel() for p in model.parameters())
+    return pretraining_card({**meta, "config": config}, parameters, name)
+
+
 def pretraining_card(meta: dict[str, Any], parameters: int | None = None, name: str | None = None) -> str:
     """The card of a pretrained model, from a checkpoint's meta.json (or the same facts at a run's end)."""
     config = meta.get("config", {})
@@ -273,10 +281,6 @@ def finetuned_card(task: str, labels: list[str] | None, result: dict[str, Any], 
         "",
     ]
     return "\n".join(lines)
-
-
-def write_card(folder: Path, text: str) -> None:
-    (Path(folder) / "README.md").write_text(text)
 
 
 def add_glue_table(folder: str | Path, table: str) -> bool:

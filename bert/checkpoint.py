@@ -261,13 +261,15 @@ class Checkpointer:
                 deleted.append(folder)
         return deleted
 
+    def candidates(self, before: Path | None = None) -> list[Path]:
+        """The checkpoints to resume from, oldest first: all, or those older than `before`."""
+        found = list_checkpoints(self.run_dir)
+        return found if before is None else [c for c in found if c.name < before.name]
+
     def choose(self, warn: Any, before: Path | None = None) -> Path | None:
         """Main process: the newest checkpoint (older than `before`, when given) that verifies; each one that
         does not is one `warn` line."""
-        candidates = list_checkpoints(self.run_dir)
-        if before is not None:
-            candidates = [c for c in candidates if c.name < before.name]
-        for folder in reversed(candidates):
+        for folder in reversed(self.candidates(before)):
             problem = verify(folder)
             if problem is None:
                 return folder

@@ -388,18 +388,21 @@ class PretrainConfig:
         folder = train.get("init_from") if isinstance(train, dict) else None
         if not isinstance(folder, str) or not (Path(folder) / "config.json").is_file():
             return  # not made yet (phase 2 before phase 1): start-up says so when it loads the weights
-        source = read_config_json(folder)
+        from bert.errors import UserError
+        from bert.tokenizer import tokenizer_folder
+
+        source = read_config_json(folder)  # pre-LN exports carry pre_layer_norm, inherited like the rest
         model = data.setdefault("model", {})
         if isinstance(model, dict) and not model.get("_preset"):
             for key in cls.INHERITED_MODEL_KEYS:
                 if key not in model and key in source:
                     model[key] = source[key]
-            if source.get("model_type") == "bertsmith-preln":
-                model.setdefault("pre_layer_norm", True)
         data_section = data.setdefault("data", {})
-        has_tokenizer = any((Path(folder) / name).is_file() for name in ("tokenizer.json", "vocab.txt"))
-        if isinstance(data_section, dict) and "tokenizer" not in data_section and has_tokenizer:
-            data_section["tokenizer"] = str(folder)
+        if isinstance(data_section, dict) and "tokenizer" not in data_section:
+            try:
+                data_section["tokenizer"] = str(tokenizer_folder(folder))
+            except UserError:  # a folder without a tokenizer: the data keeps its own setting
+                pass
 
     def __post_init__(self) -> None:
         positions = self.model.max_position_embeddings

@@ -1,7 +1,7 @@
 """Export: a training checkpoint (or the end of a run) as a Hugging Face model folder with its tokenizer.
 
-The folder holds config.json, model.safetensors, the tokenizer and a model card (README.md, bert/card.py); `transformers.BertForPreTraining`,
-`AutoTokenizer` and `bert finetune` load it. A checkpoint is verified (sizes and hashes) before it is read.
+The folder holds config.json, model.safetensors, the tokenizer and a model card (README.md, bert/card.py);
+`transformers.BertForPreTraining`, `AutoTokenizer` and `bert finetune` load it. A checkpoint is verified (sizes and hashes) before it is read.
 """
 
 from __future__ import annotations
@@ -111,9 +111,7 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path) -> Path:
             f"{folder / MODEL}: weights do not match the model: missing {report.missing}, "
             f"unexpected {report.unexpected}"
         )
-    from bert.card import pretraining_card
+    from bert.card import export_card
 
-    parameters = sum(p.numel() for p in model.parameters())
-    card = pretraining_card({**meta, "config": {**meta["config"], "model": config.to_dict()}}, parameters)
     with torch.no_grad():
-        return write_export(model, folder / "tokenizer", output, card)
+        return write_export(model, folder / "tokenizer", output, export_card(meta, model))

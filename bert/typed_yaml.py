@@ -59,7 +59,8 @@ def load_config(
     data: dict[str, Any] = {}
     base_dir = Path.cwd()
     if path is not None:
-        path = shipped_path(path)
+        # as given, else the shipped config of that name: `configs/pretrain/demo.yaml` outside a checkout
+        path = _resolve_relative(str(path), Path())
         data = _read_yaml_tree(Path(path))
         base_dir = Path(path).resolve().parent
     for item in overrides:
@@ -73,17 +74,6 @@ def load_config(
     if complete is not None:  # a schema may fill what the user left unset from elsewhere (a model folder)
         complete(data)
     return build(cls, data, base_dir=base_dir)
-
-
-def shipped_path(path: str | Path) -> Path:
-    """`path`, or, when it does not exist and reads `configs/...`, the shipped config of that name: the
-    README's commands (`bert pretrain configs/pretrain/demo.yaml`) work outside a checkout too."""
-    path = Path(path)
-    parts = path.parts
-    if path.exists() or path.is_absolute() or not parts or parts[0] != "configs":
-        return path
-    shipped = CONFIG_ROOT.joinpath(*parts[1:])
-    return shipped if shipped.exists() else path
 
 
 def build(cls: type[T], data: dict[str, Any], base_dir: Path | None = None, prefix: str = "") -> T:
@@ -228,6 +218,8 @@ def _read_yaml_tree(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
 
 
 def _resolve_relative(value: str, base_dir: Path) -> Path:
+    """`value` relative to `base_dir` when it exists there, else relative to the shipped configs' parent
+    (`configs/model/mini.yaml` resolves in a checkout and in an installed wheel alike)."""
     candidate = Path(value)
     if candidate.is_absolute():
         return candidate

@@ -37,11 +37,9 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 def with_tokenizer(folder: Path, prepared: Path) -> Path:
     """Copy the prepared data's tokenizer into a model folder (the three models share it)."""
-    from bert.tokenizer import TOKENIZER_FILES
+    from bert.export import copy_tokenizer
 
-    for name in TOKENIZER_FILES:
-        if (prepared / "tokenizer" / name).is_file():
-            shutil.copy2(prepared / "tokenizer" / name, folder / name)
+    copy_tokenizer(prepared / "tokenizer", folder)
     return folder
 
 

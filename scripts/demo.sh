@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck disable=SC1091
-source scripts/setup_env.sh tensorboard   # the demo logs to TensorBoard (and to an offline wandb run)
+source scripts/setup_env.sh   # tensorboard is a core dependency: the demo logs there (and to an offline wandb run)
 set -euo pipefail   # setup_env.sh is sourced; keep strict mode here
 
 RUN=runs/demo

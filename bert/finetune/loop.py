@@ -211,9 +211,10 @@ def train_epoch(
             logits = model(**batch.model_inputs()).logits  # (B, C)
             loss = task_loss(logits, batch.labels, task.is_regression)
             accelerator.backward(loss)
-            if accelerator.sync_gradients and cfg.optimizer.max_grad_norm is not None:
-                accelerator.clip_grad_norm_(model.parameters(), cfg.optimizer.max_grad_norm)
-            counters.lr = parts.schedule.apply(optimizer, counters.lr_step)
+            if accelerator.sync_gradients:  # the last micro-batch of the step: clip, and this step's rate
+                if cfg.optimizer.max_grad_norm is not None:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.optimizer.max_grad_norm)
+                counters.lr = parts.schedule.apply(optimizer, counters.lr_step)
             optimizer.step()  # Accelerate steps only at the end of an accumulation
             optimizer.zero_grad(set_to_none=True)
         loss_sum += loss.detach()
@@ -372,24 +373,30 @@ def check_model(cfg: FinetuneConfig) -> None:
     path = Path(cfg.model_path)
     if not path.is_dir():
         raise UserError(f"{cfg.model_path}: model folder not found")
-    for folder in (path, path / "export"):
+    folder = model_folder(path)
+    if folder is not None:
+        positions = read_config_json(folder).get("max_position_embeddings")
+        if isinstance(positions, int) and cfg.train.max_length > positions:
+            raise UserError(
+                f"train.max_length must be at most the model's max_position_embeddings ({positions}, "
+                f"{folder / 'config.json'}), got {cfg.train.max_length}"
+            )
+
+
+def model_folder(path: str | Path) -> Path | None:
+    """The model folder at `path`: the path itself or a run folder's `export/` (whichever holds config.json);
+    None for anything else (a training checkpoint is exported first, `resolve_model_path`)."""
+    for folder in (Path(path), Path(path) / "export"):
         if (folder / "config.json").is_file():
-            positions = read_config_json(folder).get("max_position_embeddings")
-            if isinstance(positions, int) and cfg.train.max_length > positions:
-                raise UserError(
-                    f"train.max_length must be at most the model's max_position_embeddings ({positions}, "
-                    f"{folder / 'config.json'}), got {cfg.train.max_length}"
-                )
-            return
+            return folder
+    return None
 
 
 def model_width(model_path: str | Path) -> int | None:
     """The hidden size of the model folder (or a run's export), for `mixed_precision=auto`; None if unknown."""
-    for folder in (Path(model_path), Path(model_path) / "export"):
-        if (folder / "config.json").is_file():
-            width = read_config_json(folder).get("hidden_size")
-            return width if isinstance(width, int) else None
-    return None
+    folder = model_folder(model_path)
+    width = read_config_json(folder).get("hidden_size") if folder is not None else None
+    return width if isinstance(width, int) else None
 
 
 def load_model(model_path: str | Path, task: Task, attn_implementation: str | None) -> tuple[Any, Any]:
@@ -425,10 +432,9 @@ def resolve_model_path(path: str | Path, output_dir: Path, write: bool = True) -
     from bert.export import export_checkpoint
 
     path = Path(path)
-    if (path / "config.json").is_file():
-        return path
-    if (path / "export" / "config.json").is_file():
-        return path / "export"
+    folder = model_folder(path)
+    if folder is not None:
+        return folder
     if (path / MARKER).is_file() or (path / CHECKPOINTS).is_dir():
         target = output_dir / "init_model"
         if write:

@@ -90,9 +90,7 @@ class Resume:
             if self.resuming:
                 found = self.checkpointer.choose(warn, before)
                 chosen = str(found) if found is not None else ""
-                older = [
-                    c for c in ckpt.list_checkpoints(self.run_dir) if before is None or c.name < before.name
-                ]
+                older = self.checkpointer.candidates(before)
                 if not chosen and (older or self.set_aside):
                     raise UserError(
                         f"{self.run_dir}: no usable checkpoint left ({len(older) + len(self.set_aside)} damaged), "

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from bert import checkpoint as ckpt
 from bert import fs
 from bert.budget import Budget, parse_duration
-from bert.card import pretraining_card, provenance
+from bert.card import export_card, provenance
 from bert.config import PretrainConfig, save_config, to_dict
 from bert.errors import UserError
 from bert.export import write_export
@@ -356,15 +356,8 @@ def export_run(run: Run) -> Path:
         vocab = run.data.tokenizer_vocab
         export = BertForPreTraining(dataclasses.replace(run.cfg.model, vocab_size=vocab))
         export.load_state_dict(trim_vocabulary(state_dict, vocab))
-        meta = checkpoint_meta(run)
-        meta["config"]["model"] = export.config.to_dict()
-        parameters = sum(p.numel() for p in export.parameters())
-        write_export(
-            export,
-            run.data.tokenizer_dir,
-            folder,
-            pretraining_card(meta, parameters, run.run_dir.resolve().name),
-        )
+        card = export_card(checkpoint_meta(run), export, run.run_dir.resolve().name)
+        write_export(export, run.data.tokenizer_dir, folder, card)
     run.accelerator.wait_for_everyone()
     return folder
 
