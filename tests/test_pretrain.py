@@ -196,6 +196,14 @@ def test_an_export_carries_a_model_card_the_hub_reads(cache, tmp_path):
         precision = ckpt.read_meta(ckpt.step_folder(run, 2))["provenance"]["precision"]  # no, or bf16 (auto)
         assert f"precision: {precision}" in text and "MLM loss: " in text and "Prepared: " in text
         assert "How to reproduce" in text and "max_steps: 2" in text  # the resolved config
+        runs = ckpt.read_meta(ckpt.step_folder(run, 2))[
+            "runs"
+        ]  # what computed the steps, not only the config
+        assert (
+            runs["precision"] == precision
+            and runs["attention"] in text
+            and "Computed with: attention" in text
+        )
         config = json.loads((folder / "config.json").read_text())
         assert (
             config["transformers_version"] and config["model_type"] == "bert" and config["use_cache"] is True
