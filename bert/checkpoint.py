@@ -150,6 +150,23 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
+def is_training_checkpoint(path: str | Path) -> bool:
+    """Whether `path` names a training checkpoint: a step folder, or a run folder (with checkpoints/)."""
+    path = Path(path)
+    return (path / MARKER).is_file() or (path / CHECKPOINTS).is_dir()
+
+
+def checkpoint_of(path: str | Path) -> Path:
+    """The step folder that `path` names: itself, or a run folder's newest complete checkpoint."""
+    path = Path(path)
+    if (path / MARKER).is_file() or not (path / CHECKPOINTS).is_dir():
+        return path
+    latest = latest_checkpoint(path)
+    if latest is None:
+        raise UserError(f"{path}: run folder has no complete checkpoint")
+    return latest
+
+
 def read_meta(folder: str | Path) -> dict[str, Any]:
     """The checkpoint's meta.json as a dict."""
     return json.loads((Path(folder) / META).read_text())

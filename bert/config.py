@@ -558,16 +558,29 @@ class FinetuneTrainConfig:
 
 
 @dataclass
+class FinetuneModelConfig:
+    """What fine-tuning sets in the model it loads; everything else comes from the folder's config.json."""
+
+    attn_implementation: Literal["eager", "sdpa", "unpadded"] | None = "unpadded"
+    """The attention path, the same knob as pretraining's `model.attn_implementation` (None: the folder's
+    own). Unpadded by default: sentence pairs vary in length, and a fine-tuning batch would otherwise spend
+    its time on padding; the saved model keeps the value the fine-tuning ran with."""
+
+
+@dataclass
 class FinetuneConfig:
     """Everything `bert finetune` and `bert evaluate` read."""
 
+    RENAMED_KEYS: ClassVar[dict[str, str]] = {
+        "attn_implementation": "the attention path is model.attn_implementation, as in pretraining",
+    }
+
     model_path: str = ""
     """Model folder: this project's export or checkpoint, or any Hugging Face BERT folder."""
+    model: FinetuneModelConfig = field(default_factory=FinetuneModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     optimizer: OptimizerConfig = field(
         default_factory=lambda: OptimizerConfig(lr=5e-5, weight_decay=0.01, warmup_ratio=0.1, eps=1e-8)
     )
     train: FinetuneTrainConfig = field(default_factory=FinetuneTrainConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
-    attn_implementation: Literal["eager", "sdpa", "unpadded"] | None = "unpadded"
-    """Attention path for fine-tuning (None: keep the model's own)."""

@@ -1,4 +1,6 @@
-"""Export: a training checkpoint (or the end of a run) as a Hugging Face model folder with its tokenizer.
+"""The model folder: a training checkpoint (or the end of a run) exported as a Hugging Face folder with its
+tokenizer (`export_checkpoint`, `write_export`, the one writer of such folders), and what a path given as a
+model means (`model_folder`, `resolve_model_path`).
 
 The folder holds config.json, model.safetensors, the tokenizer and a model card (README.md, bert/card.py);
 `transformers.BertForPreTraining`, `AutoTokenizer` and `bert finetune` load it. A checkpoint is verified (sizes and hashes) before it is read.
@@ -13,7 +15,7 @@ from typing import Any
 import torch
 
 from bert import fs
-from bert.checkpoint import CHECKPOINTS, MARKER, MODEL, latest_checkpoint, read_meta, verify
+from bert.checkpoint import MODEL, checkpoint_of, is_training_checkpoint, read_meta, verify
 from bert.errors import UserError
 from bert.tokenizer import TOKENIZER_FILES
 
@@ -85,14 +87,9 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path) -> Path:
     from bert.model.convert import load_weights, trim_vocabulary
     from bert.tokenizer import load_tokenizer
 
-    folder = Path(checkpoint)
-    if not folder.is_dir():
-        raise UserError(f"{folder}: no such checkpoint folder")
-    if not (folder / MARKER).exists() and (folder / CHECKPOINTS).is_dir():
-        latest = latest_checkpoint(folder)
-        if latest is None:
-            raise UserError(f"{folder}: run folder has no complete checkpoint")
-        folder = latest
+    if not Path(checkpoint).is_dir():
+        raise UserError(f"{checkpoint}: no such checkpoint folder")
+    folder = checkpoint_of(checkpoint)
     problem = verify(folder)
     if problem is not None:
         raise UserError(f"{folder}: not a usable checkpoint: {problem}")
@@ -115,3 +112,30 @@ def export_checkpoint(checkpoint: str | Path, output: str | Path) -> Path:
 
     with torch.no_grad():
         return write_export(model, folder / "tokenizer", output, export_card(meta, model))
+
+
+# ---------------------------------------------------------------------- finding a model folder
+
+
+def model_folder(path: str | Path) -> Path | None:
+    """The model folder at `path`: the path itself or a run folder's `export/` (whichever holds config.json);
+    None for anything else (a training checkpoint is exported first, `resolve_model_path`)."""
+    for folder in (Path(path), Path(path) / "export"):
+        if (folder / "config.json").is_file():
+            return folder
+    return None
+
+
+def resolve_model_path(path: str | Path, output_dir: Path, write: bool = True) -> Path:
+    """A folder with config.json: the path itself, a run folder's `export/`, or a training checkpoint
+    (a step folder, or a run folder's latest) exported to `<output_dir>/init_model` first."""
+    path = Path(path)
+    folder = model_folder(path)
+    if folder is not None:
+        return folder
+    if is_training_checkpoint(path):
+        target = output_dir / "init_model"
+        if write:
+            export_checkpoint(path, target)
+        return target
+    raise UserError(f"{path}: not a model folder (no config.json) nor a training checkpoint")

@@ -107,7 +107,9 @@ def run_glue(
     overrides: list[str] | tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Fine-tune on every task found, then write and print the verdict (module docstring)."""
-    from bert.finetune.loop import finetune, finished_seed, resolve_model_path
+    from bert.export import resolve_model_path
+    from bert.finetune.loop import finetune
+    from bert.finetune.run import finished_seed
 
     data_dir = Path(data_dir)
     if not data_dir.is_dir():

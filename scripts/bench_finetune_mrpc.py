@@ -68,7 +68,7 @@ def run_ours(
         f"optimizer.eps={EPS}",
         f"optimizer.max_grad_norm={CLIP}",
         "optimizer.schedule=linear",
-        "attn_implementation=unpadded",
+        "model.attn_implementation=unpadded",
         "logging.trackers=[]",
     ]
     if threads:

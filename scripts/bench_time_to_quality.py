@@ -221,14 +221,19 @@ def data_path(prepared: Path, out: Path, batch_size: int, steps: int, pairs: int
     """`bert pretrain`'s tokens/s over steps 4 to steps + 3 (logged every 3 steps; the first 3 left out)
     against `bert bench --data` on the same batches
     (its sampler and collator with the run's seed, 3 warm-up steps), alternating `pairs` times: this machine
-    drifts by 10-30% over minutes, so only neighbouring runs compare."""
+    drifts by 10-30% over minutes, so only neighbouring runs compare. Both run at the precision that
+    `bert pretrain`'s `mixed_precision=auto` picks for BERT-mini on this machine (bf16 with bf16 units)."""
+    from bert.training import resolve_precision
+
+    precision, _ = resolve_precision("auto", width=256)  # BERT-mini's hidden size
+    dtype = {"no": "fp32", "bf16": "bf16", "fp16": "fp16"}[precision]
     ratios, runs = [], []
     for i in range(pairs):
         bench_json = out / f"bench_{i}.json"
         subprocess.run(
             [sys.executable, "-m", "bert.cli", "bench", "--model", "mini", "--batch-size", str(batch_size),
              "--data", str(prepared), "--seed", "42", "--steps", str(steps), "--warmup", "3", "--no-reference",
-             "--json", str(bench_json)],
+             "--dtype", dtype, "--json", str(bench_json)],
             cwd=ROOT, check=True, stdout=subprocess.DEVNULL,
         )  # fmt: skip
         bench = json.loads(bench_json.read_text())["ours"]["tokens_per_s_overall"]
@@ -236,6 +241,7 @@ def data_path(prepared: Path, out: Path, batch_size: int, steps: int, pairs: int
         subprocess.run(
             [sys.executable, "-m", "bert.cli", "pretrain", f"data.prepared_dir={prepared}", "data.nsp=false",
              "model=mini", f"train.output_dir={run}", f"train.max_steps={steps + 3}",
+             f"train.mixed_precision={precision}",
              f"train.batch_size={batch_size}", "train.eval_every=0", "train.save_every=0", "train.eval_batches=1",
              "train.log_every=3", "train.overwrite=true", "train.resume=false", "logging.trackers=[]",
              "logging.progress_bar=false"],
@@ -245,7 +251,7 @@ def data_path(prepared: Path, out: Path, batch_size: int, steps: int, pairs: int
         timed = [m for m in logs if "train/step_seconds" in m][1:]  # as the bench: 3 warm-up steps left out
         seconds = sum(3 * m["train/step_seconds"] for m in timed)  # windows of 3 steps (log_every)
         pretrain = sum(3 * m["train/tokens_per_s"] * m["train/step_seconds"] for m in timed) / seconds
-        runs.append({"bench_tokens_per_s": bench, "pretrain_tokens_per_s": pretrain})
+        runs.append({"bench_tokens_per_s": bench, "pretrain_tokens_per_s": pretrain, "precision": precision})
         ratios.append(pretrain / bench)
     return {"runs": runs, "ratios": ratios, "median_ratio": sorted(ratios)[len(ratios) // 2]}
 

@@ -9,8 +9,10 @@ and (4H, H), and the MLM transform (H, H). `rows` is the batch's token count (ba
 shape is timed alone (median of `--repeats` after warm-up) with torch's default CPU kernels (MKL for fp32,
 oneDNN for bf16), and as fp32 through oneDNN (`torch.utils.mkldnn`, which only runs inference; say so) for
 comparison. The step-weighted ceiling is total FLOPs over total time of one pass over all shapes, once per
-kind: what a perfect step (nothing but these matmuls, each at its measured speed) would reach. `bert bench`
-figures are compared against it (BENCHMARKS.md).
+kind, each product in its fastest form (autograd's own, e.g. `g @ w` for the input gradient, or the same
+product written as a forward `F.linear` on a transposed copy, copy included): what a perfect step (nothing
+but these matmuls, each at its best measured speed) would reach. `bert bench` figures are compared against it
+(BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -48,15 +50,25 @@ def seconds(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def measure(rows: int, fan_in: int, fan_out: int, dtype: torch.dtype, repeats: int) -> dict[str, float]:
-    """Seconds of the forward, input-gradient and weight-gradient products of one (in, out) weight."""
+def measure(rows: int, fan_in: int, fan_out: int, dtype: torch.dtype, repeats: int) -> dict[str, dict]:
+    """Seconds of the forward, input-gradient and weight-gradient products of one (in, out) weight, each in
+    the form autograd computes it and in the other forms of the same product (copies they need included):
+    {product: {form: seconds}}. The ceiling takes each product's fastest form."""
     x = torch.randn(rows, fan_in, dtype=dtype)
     w = torch.randn(fan_out, fan_in, dtype=dtype)
     g = torch.randn(rows, fan_out, dtype=dtype)
     return {
-        "forward": seconds(lambda: F.linear(x, w), repeats),  # (rows, in) @ (in, out)
-        "input grad": seconds(lambda: g @ w, repeats),  # (rows, out) @ (out, in)
-        "weight grad": seconds(lambda: g.t() @ x, repeats),  # (out, rows) @ (rows, in)
+        "forward": {"F.linear(x, w)": seconds(lambda: F.linear(x, w), repeats)},  # (rows, in) @ (in, out)
+        "input grad": {  # (rows, out) @ (out, in)
+            "g @ w": seconds(lambda: g @ w, repeats),  # autograd's form
+            "F.linear(g, w.t().contiguous())": seconds(lambda: F.linear(g, w.t().contiguous()), repeats),
+        },
+        "weight grad": {  # (out, rows) @ (rows, in)
+            "g.t() @ x": seconds(lambda: g.t() @ x, repeats),  # autograd's form
+            "F.linear(g.t().contiguous(), x.t().contiguous())": seconds(
+                lambda: F.linear(g.t().contiguous(), x.t().contiguous()), repeats
+            ),
+        },
     }
 
 
@@ -88,7 +100,8 @@ def main() -> int:
     print(
         f"{args.model} (H={hidden}), {rows} rows, {torch.get_num_threads()} threads, torch {torch.__version__}"
     )
-    print(f"{'weight':<14} {'product':<12} {'fp32 TFLOP/s':>12} {'bf16 TFLOP/s':>12} {'bf16/fp32':>9}")
+    print(f"{'weight':<14} {'product':<12} {'fp32 TFLOP/s':>12} {'bf16 TFLOP/s':>12} {'bf16/fp32':>9}    form "
+          "(* the fastest, fp32 and bf16)")  # fmt: skip
     results: dict[str, dict] = {"model": args.model, "rows": rows, "shapes": {}}
     total = {"fp32": 0.0, "bf16": 0.0}
     flops_all = 0.0
@@ -105,11 +118,15 @@ def main() -> int:
             "onednn_fp32_forward": onednn,
         }
         for product in fp32:
-            total["fp32"] += fp32[product]
-            total["bf16"] += bf16[product]
+            best32, best16 = min(fp32[product].values()), min(bf16[product].values())
+            total["fp32"] += best32
+            total["bf16"] += best16
             flops_all += flops
-            print(f"{name:<14} {product:<12} {flops / fp32[product] / 1e12:>12.3f} "
-                  f"{flops / bf16[product] / 1e12:>12.3f} {fp32[product] / bf16[product]:>8.2f}x")  # fmt: skip
+            for form in fp32[product]:
+                a32, a16 = fp32[product][form], bf16[product][form]
+                mark = "".join(("*" if a32 == best32 else " ", "*" if a16 == best16 else " "))
+                print(f"{name:<14} {product:<12} {flops / a32 / 1e12:>12.3f} {flops / a16 / 1e12:>12.3f} "
+                      f"{a32 / a16:>8.2f}x {mark} {form}")  # fmt: skip
         if onednn is not None:
             print(f"{name:<14} {'forward':<12} {flops / onednn / 1e12:>12.3f} {'':>12} (fp32 through oneDNN)")
     ceiling = {dtype: flops_all / t / 1e12 for dtype, t in total.items()}

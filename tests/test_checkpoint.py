@@ -222,3 +222,30 @@ def test_incompatible_config_names_the_differing_keys(tmp_path):
     assert "model.hidden_size: 32 -> 64" in message and "model.vocab_size: 1000 -> 1200" in message
     assert "tokenizer" not in message.split("differs in")[1].split("(")[0]
     ckpt.check_compatible(tmp_path, saved, dict(saved))  # identical: no error
+
+
+def test_what_a_path_given_as_a_model_means(tmp_path):
+    from bert.checkpoint import checkpoint_of, is_training_checkpoint
+    from bert.export import model_folder, resolve_model_path
+
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text("{}")
+    run = tmp_path / "run"
+    (run / "export").mkdir(parents=True)
+    (run / "export" / "config.json").write_text("{}")
+    step = tmp_path / "other" / ckpt.CHECKPOINTS / "step_00000004"
+    step.mkdir(parents=True)
+    (step / ckpt.MARKER).write_text("{}")
+    assert model_folder(hf) == hf and model_folder(run) == run / "export" and model_folder(step) is None
+    assert resolve_model_path(run, tmp_path / "out", write=False) == run / "export"
+    assert is_training_checkpoint(step) and is_training_checkpoint(tmp_path / "other")
+    assert not is_training_checkpoint(hf)
+    assert resolve_model_path(step, tmp_path / "out", write=False) == tmp_path / "out" / "init_model"
+    assert checkpoint_of(step) == step
+    empty = tmp_path / "empty"
+    (empty / ckpt.CHECKPOINTS).mkdir(parents=True)
+    with pytest.raises(UserError, match="run folder has no complete checkpoint"):
+        checkpoint_of(empty)
+    with pytest.raises(UserError, match="not a model folder .no config.json. nor a training checkpoint"):
+        resolve_model_path(tmp_path / "nothing", tmp_path / "out", write=False)

@@ -162,7 +162,10 @@ def test_finetune_tiny_model_learns_and_writes_outputs(tiny_run):
     assert {"config.json", "model.safetensors", "vocab.txt", "tokenizer_config.json"} <= {
         p.name for p in best.iterdir()
     }
-    assert json.loads((best / "config.json").read_text())["id2label"] == {"0": "0", "1": "1"}
+    saved = json.loads((best / "config.json").read_text())
+    assert saved["id2label"] == {"0": "0", "1": "1"}
+    # model.attn_implementation (default unpadded) ran, the result says so, and the saved model keeps it
+    assert result["attention"].startswith("unpadded") and saved["bert_attn_implementation"] == "unpadded"
     lines = (tiny_run / "predictions" / "test.tsv").read_text().splitlines()
     assert lines[0] == "index\tprediction" and len(lines) == 21 and lines[1].split("\t")[1] in ("0", "1")
     assert load_config(FinetuneConfig, tiny_run / "config.yaml").task.name == "yesno"
@@ -262,7 +265,7 @@ def test_shipped_configs_load(name):
 
     cfg = load_config(FinetuneConfig, CONFIG_ROOT / "finetune" / f"{name}.yaml")
     assert cfg.task.name == ("synthetic" if name == "demo" else name)
-    assert cfg.train.global_batch_size == 32 and cfg.attn_implementation == "unpadded"
+    assert cfg.train.global_batch_size == 32 and cfg.model.attn_implementation == "unpadded"
 
 
 # ------------------------------------------------------------------------------- budget and accumulation
@@ -331,3 +334,13 @@ def test_accumulation_must_divide_the_global_batch():
         )
     with pytest.raises(ConfigError, match="train.global_batch_size .sequences per optimizer step over all"):
         load_config(FinetuneConfig, None, ["train.batch_size=32"])  # pretraining's key: one line says which
+
+
+def test_one_attention_knob_in_both_commands():
+    from bert.config import ConfigError, PretrainConfig
+
+    tuned = load_config(FinetuneConfig, None, ["model.attn_implementation=eager"])
+    pretrained = load_config(PretrainConfig, None, ["model.attn_implementation=eager"])
+    assert tuned.model.attn_implementation == pretrained.model.attn_implementation == "eager"
+    with pytest.raises(ConfigError, match="attention path is model.attn_implementation, as in pretraining"):
+        load_config(FinetuneConfig, None, ["attn_implementation=eager"])  # the old top-level key

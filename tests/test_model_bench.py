@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -60,3 +63,19 @@ def test_bench_compares_dtypes_interleaved_in_one_run(tmp_path, capsys):
     assert bf16["vs_first_dtype"] == pytest.approx(bf16["tokens_per_s"] / result["ours@fp32"]["tokens_per_s"])
     assert "vs fp32" in capsys.readouterr().out
     assert main([*args, "--dtype", "fp8"]) == 2  # one line, not a traceback
+
+
+def test_matmul_ceiling_takes_each_products_fastest_form(tmp_path):
+    out = tmp_path / "ceiling.json"
+    script = Path(__file__).resolve().parent.parent / "scripts" / "matmul_ceiling.py"
+    args = ["--model", "mini", "--rows", "16", "--repeats", "1", "--threads", "1", "--json", str(out)]
+    subprocess.run([sys.executable, str(script), *args], check=True, capture_output=True)
+    result = json.loads(out.read_text())
+    ffn = result["shapes"]["ffn up"]
+    assert set(ffn["bf16"]["input grad"]) == {"g @ w", "F.linear(g, w.t().contiguous())"}  # both forms timed
+    flops, best = 0.0, 0.0
+    for shape in result["shapes"].values():
+        for forms in shape["bf16"].values():
+            flops += 2.0 * 16 * shape["in"] * shape["out"]
+            best += min(forms.values())
+    assert result["ceiling_tflops"]["bf16"] == pytest.approx(flops / best / 1e12)  # the fastest of each

@@ -149,8 +149,8 @@ def test_enable_keeps_parameters_names_and_tying():
     assert model.cls.predictions.decoder.weight is model.bert.embeddings.word_embeddings.weight
     kinds = {type(m).__name__ for m in model.modules()}
     assert {"HeadRowsEncoder", "FastAttention", "BucketedMasks", "CheapDropout", "FastDecoder"} <= kinds
-    assert {"TiedWordEmbedding", "FastLMPredictionHead", "FusedQKVSelfAttention"} <= kinds
-    assert "Dropout" not in kinds and "BertSelfAttention" not in kinds
+    assert {"TiedWordEmbedding", "FastLMPredictionHead"} <= kinds
+    assert "Dropout" not in kinds and "BertEncoder" not in kinds
 
 
 def test_select_decides_by_device_mode_and_compile():
@@ -307,6 +307,46 @@ def test_sliced_projection_falls_back_to_linear_under_autocast(monkeypatch):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = layer(torch.randn(3, 32))
     assert out.dtype == torch.bfloat16 and not calls
+
+
+def _linear_grads(layer, x: torch.Tensor, grad: torch.Tensor):
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(x)
+    return out, torch.autograd.grad(out, (x, layer.weight, layer.bias), grad)
+
+
+def test_bf16_linear_computes_autocasts_products_with_a_faster_input_gradient(monkeypatch):
+    torch.manual_seed(0)
+    reference = torch.nn.Linear(64, 96)
+    layer = fast.enable(torch.nn.Sequential(copy.deepcopy(reference)), fast.FastPaths(bf16_linear=True))[0]
+    x = torch.randn(3, 7, 64, requires_grad=True)
+    grad = torch.randn(3, 7, 96).to(torch.bfloat16)
+    out, (gx, gw, gb) = _linear_grads(layer, x, grad)
+    expected, (ex, ew, eb) = _linear_grads(reference, x, grad)
+    assert type(out.grad_fn).__name__ == "_Bf16LinearFunctionBackward"  # the fast form ran
+    assert out.dtype == torch.bfloat16 and gx.dtype == gw.dtype == torch.float32
+    assert torch.equal(out, expected)  # autocast's own forward
+    assert torch.equal(gw, ew) and torch.equal(gb, eb)  # autograd's own forms
+    torch.testing.assert_close(gx, ex, atol=0, rtol=2**-7)  # the same products, another kernel: bf16 rounding
+    # outside bf16 autocast it is nn.Linear
+    plain = layer(x)
+    assert "Bf16" not in type(plain.grad_fn).__name__
+    assert torch.equal(plain, reference(x))
+
+
+def test_every_speedup_in_bf16_keeps_the_references_loss_and_gradients():
+    torch.manual_seed(0)
+    reference = BertForPreTraining(tiny_config(attn_implementation="unpadded")).eval()  # no dropout draws
+    model = fast.enable(copy.deepcopy(reference), fast.FastPaths.all())
+    batch = _batch([16, 11, 4, 0, 9])
+    results = []
+    for m, paths in ((model, fast.FastPaths.all()), (reference, fast.FastPaths.none())):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            results.append(_step(m, batch, paths))
+    (ours, ours_grads), (expected, expected_grads) = results
+    torch.testing.assert_close(ours["loss"], expected["loss"], atol=0, rtol=2e-2)
+    for name, grad in expected_grads.items():  # bf16 rounding of different kernels, relative to the largest
+        assert (ours_grads[name] - grad).abs().max() <= 5e-2 * grad.abs().max() + 1e-6, name
 
 
 def test_tied_lookup_alias_is_used_once_and_not_in_eval():

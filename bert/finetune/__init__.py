@@ -1,5 +1,6 @@
-"""Sentence-pair fine-tuning, by concern: data.py (tokenised splits, batches), loop.py (`bert finetune`,
-one run per seed), report.py (metrics, predictions, the summary), evaluate.py (`bert evaluate`).
+"""Sentence-pair fine-tuning, by concern: data.py (tokenised splits, batches), run.py (the set-up: accelerator,
+model, one seed's parts, the settings' fingerprint), loop.py (`bert finetune`: the seeds, the epochs, the
+steps), report.py (metrics, predictions, the summary), evaluate.py (`bert evaluate`).
 
     from bert.finetune import finetune, evaluate_saved
 """

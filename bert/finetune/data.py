@@ -5,7 +5,7 @@
 - `LengthGroupedBatchSampler`: shuffle, cut into mega-batches of `mega_batch` batches, sort each by length,
   shuffle the batches; a pure function of (seed, epoch);
 - `PairCollator`: pads a batch to its longest row -> `bert.batch.PairBatch` (attention_mask 1 = real token);
-  with `attn_implementation: unpadded` the model drops that padding before the embeddings;
+  with `model.attn_implementation: unpadded` the model drops that padding before the embeddings;
 - `FinetuneData`: a task's tokenised splits, shared by every seed.
 """
 

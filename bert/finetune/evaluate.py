@@ -9,8 +9,8 @@ from typing import Any
 from bert.config import FinetuneConfig
 from bert.errors import UserError
 from bert.finetune.data import PairCollator, encode_split, eval_loader
-from bert.finetune.loop import finetune_accelerator, load_model
 from bert.finetune.report import predict, score, write_predictions
+from bert.finetune.run import finetune_accelerator, load_model
 from bert.model.config import read_config_json
 from bert.tasks import load_task
 from bert.tokenizer import load_tokenizer, pair_tokenizer, tokenizer_folder
@@ -30,7 +30,7 @@ def evaluate_saved(
         )
     tokenizer = pair_tokenizer(load_tokenizer(tokenizer_folder(model_path)), cfg.train.max_length)
     accelerator, _, _ = finetune_accelerator(cfg, with_trackers=False)
-    model, _ = load_model(model_path, task, cfg.attn_implementation)
+    model, _ = load_model(model_path, task, cfg.model.attn_implementation)
     collator = PairCollator(tokenizer.token_to_id("[PAD]"), task.is_regression, cfg.train.pad_to_multiple_of)
     model = accelerator.prepare(model)
     results: dict[str, Any] = {"model": str(model_path), "task": task.name, "split": split}

@@ -46,12 +46,23 @@ class BertSelfAttention(nn.Module):
         """(..., H) -> (..., A, D)."""
         return x.unflatten(-1, (self.num_heads, self.head_dim))
 
-    def forward(self, hidden: torch.Tensor, layout: Layout) -> torch.Tensor:
-        """hidden (B, T, H) padded or (N, H) unpadded -> context of the same shape."""
-        q = self.heads(self.query(hidden))  # (..., A, D)
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        layout: Layout,
+        queries: torch.Tensor | None = None,
+        attend: Callable[..., torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """hidden (B, T, H) padded or (N, H) unpadded -> context of the same shape.
+
+        `queries` (the fast paths' last layer, bert/model/fast/encoder.py): attend from these tokens only,
+        (B, K, H) or (M, H), to the keys and values of every token of `hidden`; `attend(q, k, v)` then
+        replaces the kernel's call when their layout is not the keys' one."""
+        q = self.heads(self.query(hidden if queries is None else queries))  # (..., A, D)
         k = self.heads(self.key(hidden))
         v = self.heads(self.value(hidden))
-        return self.attend(q, k, v, layout).flatten(-2)  # (..., H)
+        context = self.attend(q, k, v, layout) if attend is None else attend(q, k, v)
+        return context.flatten(-2)  # (..., H)
 
 
 class BertSelfOutput(nn.Module):
@@ -78,9 +89,19 @@ class BertAttention(nn.Module):
         self.output = BertSelfOutput(config)
         self.pre_layer_norm = config.pre_layer_norm
 
-    def forward(self, hidden: torch.Tensor, layout: Layout) -> torch.Tensor:
-        normed = self.output.LayerNorm(hidden) if self.pre_layer_norm else hidden
-        return self.output(self.self(normed, layout), hidden)  # (..., H)
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        layout: Layout,
+        queries: torch.Tensor | None = None,
+        attend: Callable[..., torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """hidden (..., H) -> the same shape; with `queries`, the sub-layer at those tokens only (their
+        shape), keys and values still at every token (`BertSelfAttention.forward`)."""
+        norm = self.output.LayerNorm if self.pre_layer_norm else (lambda x: x)
+        if queries is None:
+            return self.output(self.self(norm(hidden), layout), hidden)  # (..., H)
+        return self.output(self.self(norm(hidden), layout, norm(queries), attend), queries)
 
 
 class BertIntermediate(nn.Module):

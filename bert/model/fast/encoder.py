@@ -12,6 +12,7 @@ Two layouts are handled:
   nothing is read back to the host (usable on CUDA and under torch.compile). Padding slots repeat [CLS].
 - `BucketedLayout` (the CPU's unpadded layout): each kept token once (`torch.unique`), attended with
   `bucketed_attention_at_rows`.
+Both call the reference attention sub-layer (`BertAttention` with `queries`): one implementation of it.
 Any other layout (flash-attn's unpadded one) runs the reference last layer.
 """
 
@@ -24,28 +25,13 @@ from bert.model.layers import BertEncoder, BertLayer
 from bert.model.masks import Layout, PaddedLayout
 
 
-def _attention_at(layer: BertLayer, hidden: torch.Tensor, queries: torch.Tensor, layout: Layout, rows=None):
-    """The attention sub-layer of `layer` for the query tokens `queries` only; keys and values at `hidden`.
-
-    hidden (B, T, H) with queries (B, K, H), or hidden (N, H) with queries (M, H) at `rows` (M,) of a
-    BucketedLayout -> the sub-layer's output at the queries, with its residual: (B, K, H) or (M, H).
-    """
-    attention = layer.attention
-    self_attn = attention.self
-    pre = attention.pre_layer_norm
-    normed = attention.output.LayerNorm(hidden) if pre else hidden
-    normed_q = attention.output.LayerNorm(queries) if pre else queries
-    q = self_attn.heads(self_attn.query(normed_q))  # (B, K, A, D) or (M, A, D)
-    k = self_attn.heads(self_attn.key(normed))  # (B, T, A, D) or (N, A, D)
-    v = self_attn.heads(self_attn.value(normed))
-    kernel = self_attn.attend
+def _attend_at_rows(layer: BertLayer, layout: BucketedLayout, rows: torch.Tensor):
+    """The attention kernel of `layer` for queries at `rows` (M,) of a BucketedLayout's (N, H) tokens:
+    (q (M, A, D), k and v (N, A, D)) -> (M, A, D)."""
+    kernel = layer.attention.self.attend
     p = kernel.dropout_p if kernel.training else 0.0
-    if rows is None:
-        context = kernel(q, k, v, layout)  # (B, K, A, D): padded queries attend to every key
-    else:
-        cheap = isinstance(kernel, FastAttention) and kernel.cheap_dropout
-        context = bucketed_attention_at_rows(q, k, v, layout, rows, p, cheap)  # (M, A, D)
-    return attention.output(context.flatten(-2), queries)
+    cheap = isinstance(kernel, FastAttention) and kernel.cheap_dropout
+    return lambda q, k, v: bucketed_attention_at_rows(q, k, v, layout, rows, p, cheap)
 
 
 class HeadRowsEncoder(BertEncoder):
@@ -62,13 +48,15 @@ class HeadRowsEncoder(BertEncoder):
         last = self.layer[-1]
         if isinstance(layout, PaddedLayout):
             queries = layout.gather(hidden, output_positions)  # (B, K, H)
-            hidden = last.feed_forward(_attention_at(last, hidden, queries, layout))  # (B, K, H)
+            # padded queries attend to every key with the layer's own kernel
+            hidden = last.feed_forward(last.attention(hidden, layout, queries))  # (B, K, H)
         else:
             slot_rows = layout.rows(output_positions)  # (B, K) rows of the (N, H) tensor, -1 at pads
             # Each token once (unused MLM slots and [CLS] are all position 0 of their row), sorted.
             rows, inverse = torch.unique(slot_rows.clamp(min=0), return_inverse=True)  # (M,), (B, K)
             queries = hidden.index_select(0, rows)  # (M, H)
-            kept = last.feed_forward(_attention_at(last, hidden, queries, layout, rows))  # (M, H)
+            attend = _attend_at_rows(last, layout, rows)
+            kept = last.feed_forward(last.attention(hidden, layout, queries, attend))  # (M, H)
             hidden = kept.index_select(0, inverse.reshape(-1)).view(*inverse.shape, -1)  # (B, K, H)
             hidden = torch.where((slot_rows >= 0).unsqueeze(-1), hidden, hidden.new_zeros(()))
         if self.pre_layer_norm:
