@@ -29,10 +29,15 @@ import yaml
 
 
 def _config_root() -> Path:
-    """The shipped configs: package data (`bert/configs` in an installed wheel, or the checkout's `configs/`
-    that an editable install maps there), else the checkout's `configs/` beside the package."""
+    """The shipped configs: the `configs/` of the checkout this package was imported from, else package
+    data (`bert/configs` in an installed wheel). The checkout comes first: an editable install maps
+    `bert.configs` to the checkout it was installed from, and code imported from another checkout (a
+    worktree) must read its own configs."""
     from importlib.resources import files
 
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "pyproject.toml").is_file() and (checkout / "configs" / "model").is_dir():
+        return checkout / "configs"
     try:
         root = Path(str(files("bert.configs")))
         if (root / "model").is_dir():

@@ -28,6 +28,7 @@ import copy
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -237,7 +238,10 @@ def data_path(prepared: Path, out: Path, batch_size: int, steps: int, pairs: int
             cwd=ROOT, check=True, stdout=subprocess.DEVNULL,
         )  # fmt: skip
         bench = json.loads(bench_json.read_text())["ours"]["tokens_per_s_overall"]
-        run = out / "data_path"
+        run = out / f"data_path_{i}"
+        # a fresh folder each time: a relaunch of the same command into the same folder resumes (as a
+        # requeued cluster job must) and would train nothing
+        shutil.rmtree(run, ignore_errors=True)
         subprocess.run(
             [sys.executable, "-m", "bert.cli", "pretrain", f"data.prepared_dir={prepared}", "data.nsp=false",
              "model=mini", f"train.output_dir={run}", f"train.max_steps={steps + 3}",

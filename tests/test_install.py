@@ -75,3 +75,18 @@ def test_the_wheel_installs_anywhere_with_its_configs(tmp_path):
         cwd=elsewhere, env=env, capture_output=True, text=True,
     )  # fmt: skip
     assert cli.returncode == 0 and "hidden_size: 128" in cli.stdout, cli.stderr[-2000:]
+
+
+def test_code_imported_from_another_checkout_reads_that_checkouts_configs(tmp_path):
+    # a worktree (a frozen copy for a long benchmark) beside an editable install of this checkout: the
+    # editable install maps bert.configs here, but the copy's code must read the copy's configs
+    copy = _source_tree(tmp_path / "copy")
+    marker = copy / "configs" / "model" / "only_in_the_copy.yaml"
+    marker.write_text((copy / "configs" / "model" / "mini.yaml").read_text())
+    probe = "from bert.typed_yaml import CONFIG_ROOT; import bert; print(CONFIG_ROOT, bert.__file__)"
+    env = {**os.environ, "PYTHONPATH": str(copy)}
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=tmp_path, env=env, check=True, capture_output=True, text=True
+    ).stdout.split()
+    assert Path(out[1]).resolve().is_relative_to(copy.resolve())  # the copy's code runs
+    assert Path(out[0]).resolve() == (copy / "configs").resolve()

@@ -79,3 +79,15 @@ def test_matmul_ceiling_takes_each_products_fastest_form(tmp_path):
             flops += 2.0 * 16 * shape["in"] * shape["out"]
             best += min(forms.values())
     assert result["ceiling_tflops"]["bf16"] == pytest.approx(flops / best / 1e12)  # the fastest of each
+
+
+def test_step_breakdown_prints_every_phase_of_each_dtype():
+    script = Path(__file__).resolve().parent.parent / "scripts" / "step_breakdown.py"
+    args = ["--model", "tiny", "--batch-size", "2", "--steps", "1", "--warmup", "0", "--dtype", "fp32,bf16"]
+    out = subprocess.run(
+        [sys.executable, str(script), *args], check=True, capture_output=True, text=True
+    ).stdout
+    header, *rows = out.splitlines()[1:]
+    assert header.split()[:6] == ["dtype", "forward", "+", "loss", "backward", "clip"]
+    assert [r.split()[0] for r in rows] == ["fp32", "bf16"]
+    assert all(len(r.split()) == 1 + 4 * 3 + 4 for r in rows)  # 4 phases (ms, share), step, 2 figures

@@ -309,31 +309,6 @@ def test_sliced_projection_falls_back_to_linear_under_autocast(monkeypatch):
     assert out.dtype == torch.bfloat16 and not calls
 
 
-def _linear_grads(layer, x: torch.Tensor, grad: torch.Tensor):
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = layer(x)
-    return out, torch.autograd.grad(out, (x, layer.weight, layer.bias), grad)
-
-
-def test_bf16_linear_computes_autocasts_products_with_a_faster_input_gradient(monkeypatch):
-    torch.manual_seed(0)
-    reference = torch.nn.Linear(64, 96)
-    layer = fast.enable(torch.nn.Sequential(copy.deepcopy(reference)), fast.FastPaths(bf16_linear=True))[0]
-    x = torch.randn(3, 7, 64, requires_grad=True)
-    grad = torch.randn(3, 7, 96).to(torch.bfloat16)
-    out, (gx, gw, gb) = _linear_grads(layer, x, grad)
-    expected, (ex, ew, eb) = _linear_grads(reference, x, grad)
-    assert type(out.grad_fn).__name__ == "_Bf16LinearFunctionBackward"  # the fast form ran
-    assert out.dtype == torch.bfloat16 and gx.dtype == gw.dtype == torch.float32
-    assert torch.equal(out, expected)  # autocast's own forward
-    assert torch.equal(gw, ew) and torch.equal(gb, eb)  # autograd's own forms
-    torch.testing.assert_close(gx, ex, atol=0, rtol=2**-7)  # the same products, another kernel: bf16 rounding
-    # outside bf16 autocast it is nn.Linear
-    plain = layer(x)
-    assert "Bf16" not in type(plain.grad_fn).__name__
-    assert torch.equal(plain, reference(x))
-
-
 def test_every_speedup_in_bf16_keeps_the_references_loss_and_gradients():
     torch.manual_seed(0)
     reference = BertForPreTraining(tiny_config(attn_implementation="unpadded")).eval()  # no dropout draws

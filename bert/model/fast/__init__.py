@@ -10,8 +10,6 @@ names are unchanged), or, for the loss, replaces a function. Every one computes 
 | bucketed_attention    | layout + kernel: real tokens, length      | attention.py     |
 |                       | buckets (whatever path is configured)     |                  |
 | cheap_dropout         | nn.Dropout and attention dropout masks    | dropout.py       |
-| bf16_linear           | nn.Linear: bf16 input gradient as a       | linear.py        |
-|                       | forward-shaped matmul                     |                  |
 | head_rows             | BertEncoder: last layer at heads' tokens  | encoder.py       |
 | mlm_used_slots        | BertLMPredictionHead: used slots only     | mlm.py           |
 | sliced_decoder        | MLM decoder over vocabulary slices        | mlm.py           |
@@ -44,7 +42,6 @@ class FastPaths:
 
     bucketed_attention: bool = False
     cheap_dropout: bool = False
-    bf16_linear: bool = False
     head_rows: bool = False
     mlm_used_slots: bool = False
     sliced_decoder: bool = False
@@ -104,7 +101,6 @@ def enable(model: nn.Module, paths: FastPaths) -> nn.Module:
     from bert.model.fast.attention import BucketedMasks, FastAttention
     from bert.model.fast.dropout import CheapDropout
     from bert.model.fast.encoder import HeadRowsEncoder
-    from bert.model.fast.linear import Bf16Linear
     from bert.model.fast.mlm import FastDecoder, FastLMPredictionHead, TiedRoute, TiedWordEmbedding
     from bert.model.heads import BertLMPredictionHead
     from bert.model.layers import BertEncoder
@@ -120,8 +116,6 @@ def enable(model: nn.Module, paths: FastPaths) -> nn.Module:
                 setattr(parent, name, FastAttention.replacing(child, paths.cheap_dropout))
             elif paths.bucketed_attention and type(child) is AttentionMasks:
                 setattr(parent, name, BucketedMasks(child.implementation))
-            elif paths.bf16_linear and type(child) is nn.Linear:
-                child.__class__ = Bf16Linear  # the same parameters: only the bf16 backward changes
             elif paths.head_rows and type(child) is BertEncoder:
                 child.__class__ = HeadRowsEncoder  # the same children: only forward changes
             elif paths.mlm_used_slots and type(child) is BertLMPredictionHead:
