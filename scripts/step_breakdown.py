@@ -28,40 +28,20 @@ sys.path.insert(0, str(ROOT))
 PHASES = ("forward + loss", "backward", "clip", "optimizer")
 
 
-def build(model_name: str, dtype: str, batch_size: int, seed: int = 0):
-    """(model, optimizer, batch, step function) of our step at `dtype` (fp32 or bf16)."""
-    from bert.batch import PretrainingBatch
-    from bert.bench import realistic_batch
-    from bert.config import PretrainConfig, load_config
-    from bert.model import fast
-    from bert.model.modeling import BertForPreTraining
-
-    config = load_config(PretrainConfig, None, [f"model={model_name}"]).model
-    config.attn_implementation = "unpadded"
-    generator = torch.Generator().manual_seed(seed)
-    batch = PretrainingBatch(**realistic_batch(batch_size, 128, config.vocab_size, generator))
-    torch.manual_seed(seed)
-    paths = fast.select("cpu")
-    model = fast.enable(BertForPreTraining(config).train(), paths)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    loss_fn = paths.pretraining_loss()
-    autocast_dtype = {"fp32": None, "bf16": torch.bfloat16}[dtype]
-
-    def step() -> list[float]:
-        marks = [time.perf_counter()]
-        with torch.autocast("cpu", dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            loss = loss_fn(model(**batch.model_inputs()), batch).loss
-        marks.append(time.perf_counter())
-        loss.backward()
-        marks.append(time.perf_counter())
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        marks.append(time.perf_counter())
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        marks.append(time.perf_counter())
-        return [b - a for a, b in zip(marks, marks[1:])]
-
-    return config, batch, step, model, optimizer
+def phases(side, batch) -> list[float]:
+    """Seconds of each phase (PHASES) of one step of a `bert bench` side, as `bert.bench.timed_step` runs
+    it, with the clock read between the phases."""
+    marks = [time.perf_counter()]
+    loss = side.loss_of(batch)  # forward and loss under the side's autocast
+    marks.append(time.perf_counter())
+    loss.backward()
+    marks.append(time.perf_counter())
+    torch.nn.utils.clip_grad_norm_(side.model.parameters(), 1.0)
+    marks.append(time.perf_counter())
+    side.optimizer.step()
+    side.optimizer.zero_grad(set_to_none=True)
+    marks.append(time.perf_counter())
+    return [b - a for a, b in zip(marks, marks[1:])]
 
 
 def main() -> int:
@@ -75,23 +55,33 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
+    from bert.batch import PretrainingBatch
+    from bert.bench import bench_dtypes, build_sides, realistic_batch
+    from bert.config import PretrainConfig, load_config
+    from bert.model import fast
     from bert.model.flops import training_flops_per_token
 
     torch.set_num_threads(os.cpu_count() or 1)
-    dtypes = [d.strip() for d in args.dtype.split(",") if d.strip()]
-    runs = {d: build(args.model, d, args.batch_size) for d in dtypes}
-    config, batch = runs[dtypes[0]][0], runs[dtypes[0]][1]
+    device = torch.device("cpu")
+    config = load_config(PretrainConfig, None, [f"model={args.model}"]).model
+    config.attn_implementation = "unpadded"
+    generator = torch.Generator().manual_seed(0)
+    batch = PretrainingBatch(**realistic_batch(args.batch_size, 128, config.vocab_size, generator))
+    # bert bench's own construction of our side: the same initial weights, fast paths and fused AdamW
+    bench_args = argparse.Namespace(seed=0, dtype=args.dtype)
+    dtypes = bench_dtypes(bench_args)
+    sides = build_sides(bench_args, ["ours"], dtypes, config, device, fast.select(device))
     real = batch.num_real_tokens()
     masked = int((batch.masked_lm_labels != -100).sum())
     flops = training_flops_per_token(config, real / args.batch_size, masked / real) * real
     for _ in range(args.warmup):
-        for d in dtypes:
-            runs[d][2]()
-    times = {d: [] for d in dtypes}
+        for side in sides:
+            phases(side, batch)
+    times = {side.dtype: [] for side in sides}
     for _ in range(args.steps):
-        for d in dtypes:
-            times[d].append(runs[d][2]())
-    params = sum(p.numel() for p in runs[dtypes[0]][3].parameters())
+        for side in sides:
+            times[side.dtype].append(phases(side, batch))
+    params = sum(p.numel() for p in sides[0].model.parameters())
     print(f"model={args.model} batch={args.batch_size}x128 real tokens={real} masked={masked} "
           f"parameters={params / 1e6:.1f}M threads={torch.get_num_threads()} load={os.getloadavg()[0]:.2f}")  # fmt: skip
     print(
@@ -110,10 +100,9 @@ def main() -> int:
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 
-        step = runs[dtypes[-1]][2]
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             for _ in range(3):
-                step()
+                phases(sides[-1], batch)
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
     return 0
 

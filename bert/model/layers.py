@@ -47,22 +47,17 @@ class BertSelfAttention(nn.Module):
         return x.unflatten(-1, (self.num_heads, self.head_dim))
 
     def forward(
-        self,
-        hidden: torch.Tensor,
-        layout: Layout,
-        queries: torch.Tensor | None = None,
-        attend: Callable[..., torch.Tensor] | None = None,
+        self, hidden: torch.Tensor, layout: Layout, queries: torch.Tensor | None = None
     ) -> torch.Tensor:
         """hidden (B, T, H) padded or (N, H) unpadded -> context of the same shape.
 
         `queries` (the fast paths' last layer, bert/model/fast/encoder.py): attend from these tokens only,
-        (B, K, H) or (M, H), to the keys and values of every token of `hidden`; `attend(q, k, v)` then
-        replaces the kernel's call when their layout is not the keys' one."""
+        (B, K, H) or (M, H), to the keys and values of every token of `hidden`; `layout` then says where
+        the queries sit among the keys."""
         q = self.heads(self.query(hidden if queries is None else queries))  # (..., A, D)
         k = self.heads(self.key(hidden))
         v = self.heads(self.value(hidden))
-        context = self.attend(q, k, v, layout) if attend is None else attend(q, k, v)
-        return context.flatten(-2)  # (..., H)
+        return self.attend(q, k, v, layout).flatten(-2)  # (..., H)
 
 
 class BertSelfOutput(nn.Module):
@@ -90,18 +85,14 @@ class BertAttention(nn.Module):
         self.pre_layer_norm = config.pre_layer_norm
 
     def forward(
-        self,
-        hidden: torch.Tensor,
-        layout: Layout,
-        queries: torch.Tensor | None = None,
-        attend: Callable[..., torch.Tensor] | None = None,
+        self, hidden: torch.Tensor, layout: Layout, queries: torch.Tensor | None = None
     ) -> torch.Tensor:
         """hidden (..., H) -> the same shape; with `queries`, the sub-layer at those tokens only (their
         shape), keys and values still at every token (`BertSelfAttention.forward`)."""
         norm = self.output.LayerNorm if self.pre_layer_norm else (lambda x: x)
         if queries is None:
             return self.output(self.self(norm(hidden), layout), hidden)  # (..., H)
-        return self.output(self.self(norm(hidden), layout, norm(queries), attend), queries)
+        return self.output(self.self(norm(hidden), layout, norm(queries)), queries)
 
 
 class BertIntermediate(nn.Module):

@@ -81,6 +81,16 @@ class BucketedLayout(UnpaddedLayout):
     buckets: list[LengthBucket] = field(default_factory=list)
 
 
+@dataclass
+class QueryRows:
+    """The layout of attention whose queries are some tokens only: `rows` (M,), sorted rows of the (N, H)
+    tokens stored by `keys`, the layout of the keys and values (the last layer at the heads' tokens,
+    encoder.py). `FastAttention` attends it with `bucketed_attention_at_rows`."""
+
+    keys: BucketedLayout
+    rows: torch.Tensor
+
+
 def bucketed_layout(
     attention_mask: torch.Tensor | None, batch_size: int, seq_len: int, device
 ) -> BucketedLayout:
@@ -257,6 +267,8 @@ class FastAttention(ScaledDotProductAttention):
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: Layout) -> torch.Tensor:
         p = self.dropout_p if self.training else 0.0
+        if isinstance(layout, QueryRows):  # q (M, A, D) at layout.rows; k, v (N, A, D)
+            return bucketed_attention_at_rows(q, k, v, layout.keys, layout.rows, p, self.cheap_dropout)
         if isinstance(layout, BucketedLayout):
             return bucketed_attention(q, k, v, layout, p, self.cheap_dropout)
         if isinstance(layout, PaddedLayout) and layout.attentions is None and p > 0 and self.cheap_dropout:

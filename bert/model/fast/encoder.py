@@ -11,7 +11,7 @@ Two layouts are handled:
 - `PaddedLayout`: the kept positions (B, K) are gathered into a (B, K, H) block; shapes are static and
   nothing is read back to the host (usable on CUDA and under torch.compile). Padding slots repeat [CLS].
 - `BucketedLayout` (the CPU's unpadded layout): each kept token once (`torch.unique`), attended with
-  `bucketed_attention_at_rows`.
+  `bucketed_attention_at_rows` (the kernel's choice for a `QueryRows` layout).
 Both call the reference attention sub-layer (`BertAttention` with `queries`): one implementation of it.
 Any other layout (flash-attn's unpadded one) runs the reference last layer.
 """
@@ -20,18 +20,9 @@ from __future__ import annotations
 
 import torch
 
-from bert.model.fast.attention import BucketedLayout, FastAttention, bucketed_attention_at_rows
-from bert.model.layers import BertEncoder, BertLayer
+from bert.model.fast.attention import BucketedLayout, QueryRows
+from bert.model.layers import BertEncoder
 from bert.model.masks import Layout, PaddedLayout
-
-
-def _attend_at_rows(layer: BertLayer, layout: BucketedLayout, rows: torch.Tensor):
-    """The attention kernel of `layer` for queries at `rows` (M,) of a BucketedLayout's (N, H) tokens:
-    (q (M, A, D), k and v (N, A, D)) -> (M, A, D)."""
-    kernel = layer.attention.self.attend
-    p = kernel.dropout_p if kernel.training else 0.0
-    cheap = isinstance(kernel, FastAttention) and kernel.cheap_dropout
-    return lambda q, k, v: bucketed_attention_at_rows(q, k, v, layout, rows, p, cheap)
 
 
 class HeadRowsEncoder(BertEncoder):
@@ -55,8 +46,7 @@ class HeadRowsEncoder(BertEncoder):
             # Each token once (unused MLM slots and [CLS] are all position 0 of their row), sorted.
             rows, inverse = torch.unique(slot_rows.clamp(min=0), return_inverse=True)  # (M,), (B, K)
             queries = hidden.index_select(0, rows)  # (M, H)
-            attend = _attend_at_rows(last, layout, rows)
-            kept = last.feed_forward(last.attention(hidden, layout, queries, attend))  # (M, H)
+            kept = last.feed_forward(last.attention(hidden, QueryRows(layout, rows), queries))  # (M, H)
             hidden = kept.index_select(0, inverse.reshape(-1)).view(*inverse.shape, -1)  # (B, K, H)
             hidden = torch.where((slot_rows >= 0).unsqueeze(-1), hidden, hidden.new_zeros(()))
         if self.pre_layer_norm:
