@@ -41,23 +41,25 @@ sys.path.insert(0, str(ROOT))
 LR, BETAS, WEIGHT_DECAY, EPS, CLIP, WARMUP = 1e-3, (0.9, 0.999), 0.01, 1e-6, 1.0, 0.05
 
 
-def prepare(corpus: str, cache: Path) -> Path:
-    """MLM-only instances of the corpus (our tokenizer, sequence 128), shared by both sides."""
+def prepare(
+    corpus: str, cache: Path, nsp: bool = False, tokenizer: Path | None = None, vocab_size: int = 30522
+) -> Path:
+    """Instances of the corpus (sequence 128), MLM only unless `nsp`; a tokenizer trained on the corpus
+    unless one is given (pass the MLM-only preparation's to give an NSP preparation the same tokens; both
+    hold out the same documents, as the split depends only on the corpus and the seed)."""
     from bert.config import PretrainConfig, load_config
     from bert.data.prepare import run_prepare
 
-    cfg = load_config(
-        PretrainConfig,
-        None,
-        [
-            f"data.corpus=[{corpus}]",
-            "data.nsp=false",
-            "data.vocab_size=30522",
-            "data.max_seq_length=128",
-            f"data.cache_dir={cache}",
-        ],
-    )
-    return run_prepare(cfg, progress=False)
+    overrides = [
+        f"data.corpus=[{corpus}]",
+        f"data.nsp={str(nsp).lower()}",
+        f"data.vocab_size={vocab_size}",
+        "data.max_seq_length=128",
+        f"data.cache_dir={cache}",
+    ]
+    if tokenizer is not None:
+        overrides.append(f"data.tokenizer={tokenizer}")
+    return run_prepare(load_config(PretrainConfig, None, overrides), progress=False)
 
 
 def held_out(prepared: Path, count: int, seed: int = 1234) -> dict[str, Any]:
@@ -126,21 +128,29 @@ def initial_weights(vocab_size: int, out: Path) -> Path:
 
 
 def run_ours(
-    prepared: Path, init: Path, out: Path, seconds: float, every: float, batch_size: int, steps_per_s: float
+    prepared: Path,
+    init: Path,
+    out: Path,
+    seconds: float,
+    every: float,
+    batch_size: int,
+    steps_per_s: float,
+    nsp: bool = False,
+    lr: float = LR,
 ) -> tuple[list[dict], list[dict]]:
     """`bert pretrain` for `seconds`, a checkpoint about every `every` seconds; returns the kept points
-    (time, step, folder) and its metrics.jsonl."""
+    (time, step, folder) and its metrics.jsonl. `nsp`: MLM + NSP (needs an NSP preparation), else MLM only."""
     from bert import checkpoint as ckpt
 
     save_every = max(1, int(every * steps_per_s))
     run = out / "ours"
     cmd = [
         sys.executable, "-m", "bert.cli", "pretrain",
-        f"data.prepared_dir={prepared}", "data.nsp=false", "model=mini", f"train.init_from={init}",
+        f"data.prepared_dir={prepared}", f"data.nsp={str(nsp).lower()}", "model=mini", f"train.init_from={init}",
         f"train.output_dir={run}", "train.max_steps=null", f"train.max_time={seconds}s",
         f"train.batch_size={batch_size}", f"train.save_every={save_every}", "train.keep_last=null",
         "train.eval_every=0", "train.eval_batches=1", "train.log_every=50", "train.overwrite=true",
-        "train.resume=false", f"optimizer.lr={LR}", f"optimizer.betas=[{BETAS[0]}, {BETAS[1]}]",
+        "train.resume=false", f"optimizer.lr={lr}", f"optimizer.betas=[{BETAS[0]}, {BETAS[1]}]",
         f"optimizer.weight_decay={WEIGHT_DECAY}", f"optimizer.eps={EPS}", f"optimizer.max_grad_norm={CLIP}",
         "optimizer.warmup_steps=0", f"optimizer.warmup_ratio={WARMUP}", "optimizer.schedule=linear",
         "logging.trackers=[]", "logging.progress_bar=false",
@@ -156,7 +166,9 @@ def run_ours(
     return points, metrics
 
 
-def run_reference(prepared: Path, init: Path, seconds: float, every: float, batch_size: int) -> list[dict]:
+def run_reference(
+    prepared: Path, init: Path, seconds: float, every: float, batch_size: int, lr: float = LR
+) -> list[dict]:
     """transformers' BertForMaskedLM + DataCollatorForLanguageModeling in a plain loop for `seconds`."""
     import torch
     from transformers import BertForMaskedLM, BertTokenizerFast, DataCollatorForLanguageModeling
@@ -181,15 +193,14 @@ def run_reference(prepared: Path, init: Path, seconds: float, every: float, batc
     groups = param_groups(model, WEIGHT_DECAY)
     for group in groups:
         group.pop("use_trust_ratio")
-    optimizer = torch.optim.AdamW(groups, lr=LR, betas=BETAS, eps=EPS, fused=True)
-    schedule = OptimizerConfig(lr=LR, warmup_steps=0, warmup_ratio=WARMUP, schedule="linear")
+    optimizer = torch.optim.AdamW(groups, lr=lr, betas=BETAS, eps=EPS, fused=True)
+    schedule = OptimizerConfig(lr=lr, warmup_steps=0, warmup_ratio=WARMUP, schedule="linear")
     points, elapsed, next_keep, step = [], 0.0, every, 0
     while elapsed < seconds:
         for batch in loader:
             start = time.perf_counter()
-            lr = LR * progress_multiplier(step, min(elapsed / seconds, 1.0), schedule)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * progress_multiplier(step, min(elapsed / seconds, 1.0), schedule)
             loss = model(**batch).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)

@@ -324,3 +324,55 @@ def test_meta_json_values_of_the_wrong_type_are_one_line(tmp_path):
     write_manifest(folder)  # a marker that agrees: now the type check speaks
     with pytest.raises(UserError, match=r"meta.json: vocab_size is str 'three hundred', expected int"):
         load_prepared(folder)
+
+
+def test_nsp_preparation_with_a_given_tokenizer_holds_out_the_same_documents(tmp_path):
+    # bench_pretraining_pays_off.py trains ours on sentence pairs and the reference on MLM-only sequences of
+    # one corpus and scores both on the MLM-only validation split: the NSP preparation, given the first's
+    # tokenizer, must hold out the same documents and tokenize them the same
+    words = [
+        "apple",
+        "bridge",
+        "candle",
+        "desert",
+        "engine",
+        "forest",
+        "garden",
+        "harbor",
+        "island",
+        "jungle",
+    ]
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for i in range(40):
+        word = f"{words[i % 10]} {words[i // 10]}"  # a pair of words that names the document
+        sentences = [f"The {word} story goes on here {j} times." for j in range(6)]
+        (folder / f"doc{i:02d}.txt").write_text(" ".join(sentences) + "\n")
+    mlm = run_prepare(
+        config(tmp_path, corpus=[str(folder)], nsp=False, validation_fraction=0.2), progress=False
+    )
+    nsp = run_prepare(
+        config(
+            tmp_path,
+            corpus=[str(folder)],
+            nsp=True,
+            validation_fraction=0.2,
+            tokenizer=str(mlm / "tokenizer"),
+        ),
+        progress=False,
+    )
+    assert (mlm / "tokenizer" / "vocab.txt").read_text() == (nsp / "tokenizer" / "vocab.txt").read_text()
+
+    def names(prepared):
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(prepared / "tokenizer" / "tokenizer.json"))
+        splits, _ = load_prepared(prepared)
+        found = set()
+        for ids in splits["validation"]["input_ids"]:
+            text = tokenizer.decode(ids).split()
+            found |= {" ".join(text[k + 1 : k + 3]) for k, w in enumerate(text) if w == "the"}
+        return found
+
+    held = names(mlm)
+    assert len(held) == 8 and names(nsp) == held

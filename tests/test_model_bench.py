@@ -91,3 +91,34 @@ def test_step_breakdown_prints_every_phase_of_each_dtype():
     assert header.split()[:6] == ["dtype", "forward", "+", "loss", "backward", "clip"]
     assert [r.split()[0] for r in rows] == ["fp32", "bf16"]
     assert all(len(r.split()) == 1 + 4 * 3 + 4 for r in rows)  # 4 phases (ms, share), step, 2 figures
+
+
+def test_pays_off_verdict_in_standard_deviations_of_the_seeds():
+    # scripts/bench_pretraining_pays_off.py's verdict: ours - random in the larger of the two seed spreads,
+    # more than 3 needed; and ours against the transformers pipeline
+    import importlib.util
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "bench_pretraining_pays_off.py"
+    spec = importlib.util.spec_from_file_location("pays_off", script)
+    pays_off = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pays_off)
+
+    def glue(mean, std):
+        return {"entries": [{"entry": "stsb", "metric": "pearson", "mean": mean, "std": std}]}
+
+    table, (finding,) = pays_off.verdict_table(
+        {"ours": glue(0.30, 0.02), "transformers": glue(0.32, 0.01), "random init": glue(0.15, 0.04)}
+    )
+    assert finding["sigmas_over_random"] == pytest.approx(3.75)  # 0.15 over the random seeds' 0.04
+    assert finding["beats_random_by_3_std"] and not finding["at_least_transformers"]
+    assert finding["minus_transformers"] == pytest.approx(-0.02)
+    assert "| stsb | pearson | 30.00 ± 2.00 | 32.00 ± 1.00 | 15.00 ± 4.00 | +15.00 (+3.8) | -2.00 |" in table
+    _, (close,) = pays_off.verdict_table(
+        {"ours": glue(0.20, 0.02), "transformers": glue(0.18, 0.01), "random init": glue(0.15, 0.01)}
+    )
+    assert close["sigmas_over_random"] == pytest.approx(2.5) and not close["beats_random_by_3_std"]
+    assert close["at_least_transformers"]
+    _, (one_seed,) = pays_off.verdict_table(
+        {"ours": glue(0.20, 0.0), "transformers": glue(0.18, 0.0), "random init": glue(0.15, 0.0)}
+    )
+    assert one_seed["sigmas_over_random"] is None and not one_seed["beats_random_by_3_std"]
