@@ -23,9 +23,8 @@ CrossEntropySum = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def cross_entropy_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Sum of the cross-entropies of (R, V) logits against (R,) labels, rows labelled -100 left out; in fp32
-    whatever the logits' dtype, as every `CrossEntropySum` must."""
-    return F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    """Sum of the cross-entropies of (R, V) logits against (R,) labels, rows labelled -100 left out."""
+    return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum")
 
 
 def mlm_loss(
@@ -38,10 +37,9 @@ def mlm_loss(
 
     prediction_logits (B, P, V) (or (B, T, V) with (B, T) labels), masked_lm_labels (B, P) with -100 in unused
     slots. Computed in fp32 whatever the logits' dtype. An empty batch gives 0, not NaN. `cross_entropy`
-    replaces the summed cross-entropy (the fast path's fused one, bert.model.fast), which takes the logits in
-    their own dtype and computes in fp32.
+    replaces the summed cross-entropy (the fast path's fused one, bert.model.fast).
     """
-    logits = prediction_logits.reshape(-1, prediction_logits.shape[-1])  # (B*P, V), cast by cross_entropy
+    logits = prediction_logits.reshape(-1, prediction_logits.shape[-1]).float()  # (B*P, V)
     labels = masked_lm_labels.reshape(-1)  # (B*P,)
     total = (cross_entropy or cross_entropy_sum)(logits, labels)
     if normalizer is None:

@@ -8,10 +8,6 @@ it in place into the gradient, softmax - one_hot(label); the backward only scale
 rows): about half the time (BENCHMARKS.md, "Figures moved out of the code"). The
 log-sum-exp comes from the same softmax: the largest logit m has probability exp(0) / sum = 1 / sum, never
 below 1 / V, so lse = m - log(p_max) cannot underflow.
-
-bf16 or fp16 logits (the decoder under autocast) are taken as they are: the softmax and the loss are computed in
-fp32 all the same, and the gradient is written in the logits' dtype by the backward's one multiplication,
-instead of an fp32 copy of the logits before and a cast of their gradient after (two passes over (R, V)).
 """
 
 from __future__ import annotations
@@ -23,34 +19,30 @@ from bert.batch import IGNORE_INDEX
 
 
 class _CrossEntropySum(torch.autograd.Function):
-    """Sum over labelled rows of -log softmax(logits)[label]: logits (R, V) fp32, bf16 or fp16, labels (R,)
-    -> fp32 scalar."""
+    """Sum over labelled rows of -log softmax(logits)[label]: logits (R, V) fp32, labels (R,) -> scalar."""
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, labels: torch.Tensor, need_grad: bool) -> torch.Tensor:
         labelled = labels != IGNORE_INDEX  # (R,)
         target = labels.clamp(min=0).unsqueeze(1)  # (R, 1)
-        probs = torch.softmax(logits, dim=-1, dtype=torch.float32)  # (R, V) fp32 whatever the logits' dtype
-        lse = logits.amax(-1).float() - probs.amax(-1).log()  # (R,)
-        row_loss = lse - logits.gather(1, target).squeeze(1).float()  # (R,)
+        probs = torch.softmax(logits, dim=-1)  # (R, V)
+        lse = logits.amax(-1) - probs.amax(-1).log()  # (R,)
+        row_loss = lse - logits.gather(1, target).squeeze(1)  # (R,)
         total = torch.where(labelled, row_loss, row_loss.new_zeros(())).sum()
         if need_grad:
             grad = probs.scatter_add_(1, target, torch.full_like(target, -1, dtype=probs.dtype))  # in place
             ctx.save_for_backward(grad, labelled)
-            ctx.logits_dtype = logits.dtype
         return total
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_total: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        grad, labelled = ctx.saved_tensors  # (R, V) fp32 softmax - one_hot, (R,)
-        scale = (labelled.to(grad.dtype) * grad_total).unsqueeze(1)  # (R, 1): unlabelled rows get no gradient
-        out = torch.empty(grad.shape, dtype=ctx.logits_dtype, device=grad.device)  # (R, V)
-        return torch.mul(grad, scale, out=out), None, None  # written in the logits' dtype, one pass
+        grad, labelled = ctx.saved_tensors  # (R, V) softmax - one_hot, (R,)
+        scale = labelled.to(grad.dtype) * grad_total  # (R,): unlabelled rows get no gradient
+        return grad * scale.unsqueeze(1), None, None
 
 
 def fused_cross_entropy_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Sum of the cross-entropies of (R, V) logits against (R,) labels, rows labelled -100 left out, in fp32
-    whatever the logits' dtype (fp32, bf16, fp16)."""
+    """Sum of the cross-entropies of (R, V) fp32 logits against (R,) labels, rows labelled -100 left out."""
     need_grad = torch.is_grad_enabled() and logits.requires_grad
     return _CrossEntropySum.apply(logits, labels, need_grad)
