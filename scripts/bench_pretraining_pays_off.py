@@ -211,7 +211,7 @@ def main() -> int:
         "--lr",
         type=float,
         default=5e-4,
-        help="peak learning rate of both pipelines (default 5e-4; 1e-3 diverged in a 60-minute run)",
+        help="peak learning rate of both pipelines (default 5e-4; 1e-3 collapsed in a 60-minute run)",
     )
     parser.add_argument(
         "--vocab-size",
