@@ -199,8 +199,9 @@ def run_reference(
     while elapsed < seconds:
         for batch in loader:
             start = time.perf_counter()
+            current_lr = lr * progress_multiplier(step, min(elapsed / seconds, 1.0), schedule)
             for group in optimizer.param_groups:
-                group["lr"] = lr * progress_multiplier(step, min(elapsed / seconds, 1.0), schedule)
+                group["lr"] = current_lr
             loss = model(**batch).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
